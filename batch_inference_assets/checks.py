@@ -1,0 +1,188 @@
+"""The asset checks, by stage: their names (the passing state), specs and evaluation."""
+
+import math
+from collections.abc import Sequence
+
+import dagster as dg
+import pyarrow as pa
+
+from batch_inference_assets import stats
+from batch_inference_assets.features import FeatureProfile
+from batch_inference_assets.publish import (
+    BLOCKING_CHECKS as PREDICTION_BLOCKING_CHECKS,
+)
+from batch_inference_assets.publish import GateResult
+from batch_inference_assets.records import FeatureExport, ModelHandle, ScoredShards
+from batch_inference_assets.spec import PipelineSpec
+
+# source_features
+PARTITION_IS_NOT_EMPTY = "partition_is_not_empty"
+IDS_ARE_UNIQUE = "ids_are_unique"
+FEATURES_MATCH_MODEL = "features_match_model_contract"
+NULL_RATES_BELOW_THRESHOLD = "null_rates_below_threshold"
+SOURCE_BLOCKING_CHECKS = (PARTITION_IS_NOT_EMPTY, FEATURES_MATCH_MODEL, IDS_ARE_UNIQUE)
+
+# predictions (the blocking ones gate the transaction, see publish.py)
+POSITIVE_RATE_WITHIN_BOUNDS = "positive_rate_within_bounds"
+MEAN_CONFIDENCE_WITHIN_BOUNDS = "mean_confidence_within_bounds"
+
+# drift_stats
+SCORE_DRIFT_BELOW_THRESHOLD = "score_drift_below_threshold"
+FEATURE_DRIFT_BELOW_THRESHOLD = "feature_drift_below_threshold"
+
+
+def _specs(
+    key: dg.AssetKey, blocking: Sequence[str], other: Sequence[str]
+) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(n, asset=key, blocking=True) for n in blocking] + [
+        dg.AssetCheckSpec(n, asset=key) for n in other
+    ]
+
+
+def source_feature_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return _specs(key, SOURCE_BLOCKING_CHECKS, [NULL_RATES_BELOW_THRESHOLD])
+
+
+def prediction_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return _specs(
+        key, PREDICTION_BLOCKING_CHECKS, [POSITIVE_RATE_WITHIN_BOUNDS, MEAN_CONFIDENCE_WITHIN_BOUNDS]
+    )
+
+
+def drift_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return _specs(key, [], [SCORE_DRIFT_BELOW_THRESHOLD, FEATURE_DRIFT_BELOW_THRESHOLD])
+
+
+def contract_problems(spec: PipelineSpec, model: ModelHandle, schema: pa.Schema) -> list[str]:
+    problems = [f"missing id column {c!r}" for c in spec.features.id_columns if c not in schema.names]
+    return problems + model.feature_contract().violations(schema)
+
+
+def evaluate_source_features(
+    spec: PipelineSpec,
+    export: FeatureExport,
+    model: ModelHandle,
+    schema: pa.Schema | None,
+    profile: FeatureProfile | None,
+) -> list[dg.AssetCheckResult]:
+    problems = contract_problems(spec, model, schema) if schema is not None else []
+    results = [
+        dg.AssetCheckResult(
+            check_name=PARTITION_IS_NOT_EMPTY,
+            passed=export.rows > 0,
+            description=f"{export.rows} rows",
+            metadata={"rows": export.rows},
+        ),
+        dg.AssetCheckResult(
+            check_name=FEATURES_MATCH_MODEL,
+            passed=schema is not None and not problems,
+            description="; ".join(problems)
+            or ("no rows to compare" if schema is None else f"model {model.version} inputs present"),
+            metadata={"model_version": model.version},
+        ),
+    ]
+    if profile is None:
+        results.append(
+            dg.AssetCheckResult(
+                check_name=IDS_ARE_UNIQUE, passed=False, description="not evaluated: no usable rows"
+            )
+        )
+        results.append(
+            dg.AssetCheckResult(
+                check_name=NULL_RATES_BELOW_THRESHOLD,
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                description="not evaluated: no usable rows",
+            )
+        )
+        return results
+    results.append(
+        dg.AssetCheckResult(
+            check_name=IDS_ARE_UNIQUE,
+            passed=profile.duplicate_ids == 0,
+            description=f"{profile.duplicate_ids} ids occur more than once",
+            metadata={"duplicate_ids": profile.duplicate_ids},
+        )
+    )
+    rates = {c: n / profile.rows for c, n in profile.null_counts.items()} if profile.rows else {}
+    limit = spec.checks.null_rate_overrides
+    over = {
+        c: r for c, r in rates.items() if r > limit.get(c, spec.checks.max_null_rate)
+    }
+    results.append(
+        dg.AssetCheckResult(
+            check_name=NULL_RATES_BELOW_THRESHOLD,
+            passed=not over,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                "null rate over threshold: "
+                + ", ".join(f"{c}={r:.1%}" for c, r in sorted(over.items()))
+                if over
+                else f"max null rate {max(rates.values(), default=0.0):.1%}"
+            ),
+            metadata={"max_null_rate": max(rates.values(), default=0.0)},
+        )
+    )
+    return results
+
+
+def gate_results(gates: list[GateResult]) -> list[dg.AssetCheckResult]:
+    return [
+        dg.AssetCheckResult(check_name=g.check_name, passed=g.passed, description=g.description)
+        for g in gates
+    ]
+
+
+def evaluate_prediction_bounds(
+    spec: PipelineSpec, scored: ScoredShards
+) -> list[dg.AssetCheckResult]:
+    rows = scored.rows or 1
+    positive_rate = sum(s.positives for s in scored.shards) / rows
+    mean_confidence = sum(s.confidence_sum for s in scored.shards) / rows
+    pr, mc = spec.checks.positive_rate, spec.checks.mean_confidence
+    return [
+        dg.AssetCheckResult(
+            check_name=POSITIVE_RATE_WITHIN_BOUNDS,
+            passed=pr.min <= positive_rate <= pr.max,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"positive rate {positive_rate:.4f}, bounds [{pr.min}, {pr.max}]",
+            metadata={"positive_rate": positive_rate},
+        ),
+        dg.AssetCheckResult(
+            check_name=MEAN_CONFIDENCE_WITHIN_BOUNDS,
+            passed=mc.min <= mean_confidence <= mc.max,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"mean confidence {mean_confidence:.4f}, bounds [{mc.min}, {mc.max}]",
+            metadata={"mean_confidence": mean_confidence},
+        ),
+    ]
+
+
+def _psi_result(name: str, value: float, what: str, spec: PipelineSpec) -> dg.AssetCheckResult:
+    warn, error = spec.checks.psi_warn, spec.checks.psi_error
+    if math.isnan(value):
+        passed, severity = False, dg.AssetCheckSeverity.WARN
+    else:
+        passed = value < warn
+        severity = dg.AssetCheckSeverity.ERROR if value >= error else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=passed,
+        severity=severity,
+        description=f"{what} PSI {value:.4f} (warn at {warn}, error at {error})",
+        metadata={"psi": value},
+    )
+
+
+def evaluate_drift(spec: PipelineSpec, psi_reference: dict[str, float]) -> list[dg.AssetCheckResult]:
+    features = {k: v for k, v in psi_reference.items() if k != stats.SCORE_KEY}
+    worst = max(features, key=lambda k: features[k], default=None)
+    return [
+        _psi_result(SCORE_DRIFT_BELOW_THRESHOLD, psi_reference[stats.SCORE_KEY], "score", spec),
+        _psi_result(
+            FEATURE_DRIFT_BELOW_THRESHOLD,
+            features[worst] if worst else 0.0,
+            f"largest feature ({worst})",
+            spec,
+        ),
+    ]

@@ -1,0 +1,56 @@
+"""Drift stats: PSI of the score and each feature against training and the previous partition."""
+
+import json
+from dataclasses import dataclass
+
+from upath import UPath
+
+from batch_inference_assets import stats
+from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.records import Histogram, ModelHandle, ScoredShards
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    model_version: str
+    histograms: dict[str, Histogram]
+    psi_reference: dict[str, float]
+    psi_previous: dict[str, float] | None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "model_version": self.model_version,
+                "histograms": {k: h.model_dump() for k, h in self.histograms.items()},
+                "psi_reference": self.psi_reference,
+                "psi_previous": self.psi_previous,
+            }
+        )
+
+
+def profile_path(object_store: ObjectStore, pipeline: str, partition: str) -> UPath:
+    return object_store.path(pipeline, "drift", f"{partition}.json")
+
+
+def load_histograms(path: UPath, model_version: str) -> dict[str, Histogram] | None:
+    """A stored partition's histograms, if they exist and used the same model's edges."""
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if doc["model_version"] != model_version:
+        return None
+    return {k: Histogram.model_validate(h) for k, h in doc["histograms"].items()}
+
+
+def drift_report(
+    model: ModelHandle, scored: ScoredShards, previous: dict[str, Histogram] | None
+) -> DriftReport:
+    keys = list(model.reference)
+    current = {k: stats.merge(s.histograms[k] for s in scored.shards) for k in keys}
+    psi_reference = {k: stats.psi(model.reference[k], current[k]) for k in keys}
+    psi_previous = (
+        {k: stats.psi(previous[k], current[k]) for k in keys if k in previous}
+        if previous
+        else None
+    )
+    return DriftReport(model.version, current, psi_reference, psi_previous)

@@ -1,0 +1,339 @@
+"""build_pipeline(spec): the assets, checks and job of one pipeline; pure logic lives per stage."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import ValidationError
+
+from batch_inference_assets import checks, drift, features, publish, scoring, shards, stats
+from batch_inference_assets.contracts import arrow_schema_to_table_schema
+from batch_inference_assets.errors import PipelineFailure
+from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
+from batch_inference_assets.models.lightgbm_model import BinaryPredictor
+from batch_inference_assets.models.store import ModelStore, ModelStoreError
+from batch_inference_assets.records import (
+    FeatureExport,
+    ModelHandle,
+    PublishedPartition,
+    ScoredShards,
+    Shard,
+    ShardManifest,
+    ShardScore,
+)
+from batch_inference_assets.spec import PipelineSpec
+
+STAGES = ("model", "source_features", "shard_manifest", "scored_shards", "predictions", "drift_stats")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    spec: PipelineSpec
+    partitions: dg.DailyPartitionsDefinition
+    assets: list[dg.AssetsDefinition]
+    job: Any  # what dg.define_asset_job returns; its class is not public
+
+    def key(self, stage: str) -> dg.AssetKey:
+        return dg.AssetKey([self.spec.name, stage])
+
+
+def _day(context: dg.OpExecutionContext) -> date:
+    return datetime.strptime(context.partition_key, "%Y-%m-%d").date()
+
+
+def _blocking_failures(results: list[dg.AssetCheckResult], blocking: tuple[str, ...]) -> list[str]:
+    return [
+        f"{r.check_name} failed ({r.description})"
+        for r in results
+        if r.check_name in blocking and not r.passed
+    ]
+
+
+def build_pipeline(spec: PipelineSpec) -> Pipeline:
+    name = spec.name
+    partitions = dg.DailyPartitionsDefinition(
+        start_date=spec.start_date.isoformat(), timezone=spec.timezone
+    )
+
+    def key(stage: str) -> dg.AssetKey:
+        return dg.AssetKey([name, stage])
+
+    def fail(context: dg.OpExecutionContext, stage: str, cause: str) -> PipelineFailure:
+        return PipelineFailure(name, context.partition_key, stage, cause)
+
+    common: dict[str, Any] = {"group_name": name, "partitions_def": partitions}
+
+    @dg.asset(
+        key=key("model"),
+        description=f"The model {spec.model.name}@{spec.model.ref} resolved for this partition.",
+        kinds={"lightgbm"},
+        **common,
+    )
+    def model(context: dg.AssetExecutionContext, model_store: ModelStore) -> dg.Output[ModelHandle]:
+        try:
+            handle = model_store.load(
+                spec.model.name, spec.model.ref, label_threshold=spec.model.label_threshold
+            )
+        except (ModelStoreError, ValidationError) as err:
+            raise fail(context, "model", str(err)) from err
+        return dg.Output(
+            handle,
+            metadata={
+                "model_version": handle.version,
+                "model_ref": spec.model.ref,
+                "uri": dg.MetadataValue.path(handle.uri),
+                "features": len(handle.features),
+            },
+        )
+
+    @dg.asset(
+        key=key("source_features"),
+        ins={"model": dg.AssetIn(key("model"))},
+        check_specs=checks.source_feature_specs(key("source_features")),
+        description="The partition's feature rows, exported by the warehouse as Parquet files.",
+        kinds={"parquet"},
+        **common,
+    )
+    def source_features(
+        context: dg.AssetExecutionContext,
+        warehouse: Warehouse,
+        object_store: ObjectStore,
+        model: ModelHandle,
+    ) -> Iterator[Any]:
+        day = _day(context)
+        window = context.partition_time_window
+        try:
+            export = features.export_features(
+                spec, warehouse, object_store, day, (window.start, window.end)
+            )
+        except WarehouseError as err:
+            raise fail(context, "source_features", str(err)) from err
+        schema = (
+            features.read_schema(object_store.open_path(export.files[0].path))
+            if export.files
+            else None
+        )
+        problems = checks.contract_problems(spec, model, schema) if schema is not None else []
+        profile = None
+        if schema is not None and not problems:
+            profile = features.profile_export(
+                export, spec.features.id_columns, [f.name for f in model.features], object_store
+            )
+        results = checks.evaluate_source_features(spec, export, model, schema, profile)
+        yield dg.Output(
+            export,
+            metadata={
+                "dagster/row_count": export.rows,
+                "dagster/column_schema": arrow_schema_to_table_schema(schema or pa.schema([])),
+                "bytes": export.bytes,
+                "files": len(export.files),
+                "query_seconds": export.query_seconds,
+                "path": str(object_store.path(name, "features", context.partition_key)),
+            },
+        )
+        yield from results
+        failures = _blocking_failures(results, checks.SOURCE_BLOCKING_CHECKS)
+        if failures:
+            raise fail(context, "source_features", "; ".join(failures))
+
+    @dg.asset(
+        key=key("shard_manifest"),
+        ins={"export": dg.AssetIn(key("source_features"))},
+        description="The partition's row groups grouped into shards balanced by size.",
+        **common,
+    )
+    def shard_manifest(
+        context: dg.AssetExecutionContext, export: FeatureExport
+    ) -> dg.Output[ShardManifest]:
+        manifest = shards.plan_shards(export, spec.sharding)
+        sizes = [s.rows for s in manifest.shards]
+        return dg.Output(
+            manifest,
+            metadata={
+                "shards": len(manifest.shards),
+                "dagster/row_count": manifest.rows,
+                "min_shard_rows": min(sizes, default=0),
+                "max_shard_rows": max(sizes, default=0),
+            },
+        )
+
+    @dg.op(name=f"{name}__fan_out_shards", out=dg.DynamicOut(Shard))
+    def fan_out_shards(manifest: ShardManifest) -> Iterator[dg.DynamicOutput[Shard]]:
+        for shard in manifest.shards:
+            yield dg.DynamicOutput(shard, mapping_key=shard.key)
+
+    @dg.op(name=f"{name}__score_shard")
+    def score_shard(
+        context: dg.OpExecutionContext,
+        object_store: ObjectStore,
+        model_store: ModelStore,
+        shard: Shard,
+        model: ModelHandle,
+    ) -> dg.Output[ShardScore]:
+        try:
+            predictor = BinaryPredictor(model_store.read_model_text(model))
+        except ModelStoreError as err:
+            raise fail(context, f"scoring {shard.key}", str(err)) from err
+        run = scoring.ScoringRun(
+            pipeline=name,
+            partition=_day(context),
+            run_id=context.run_id,
+            scored_at=datetime.now(UTC),
+            id_columns=spec.features.id_columns,
+            output=spec.output_contract,
+            batch_rows=spec.sharding.batch_rows,
+        )
+        try:
+            result = scoring.score_shard(shard, model, predictor, run, object_store)
+        except (KeyError, pa.ArrowException, ValueError) as err:
+            raise fail(context, f"scoring {shard.key}", f"{type(err).__name__}: {err}") from err
+        return dg.Output(
+            result,
+            metadata={
+                "rows": result.rows,
+                "seconds": result.seconds,
+                "rows_per_second": round(result.rows / max(result.seconds, 1e-9)),
+                "peak_rss_mb": round(result.peak_rss_bytes / 2**20, 1),
+                "path": result.path,
+            },
+        )
+
+    @dg.op(name=f"{name}__collect_scores")
+    def collect_scores(
+        manifest: ShardManifest, model: ModelHandle, results: list[ShardScore]
+    ) -> dg.Output[ScoredShards]:
+        scored = ScoredShards(
+            pipeline=name,
+            partition=manifest.partition,
+            model_version=model.version,
+            source_rows=manifest.rows,
+            shards=sorted(results, key=lambda r: r.index),
+        )
+        return dg.Output(
+            scored,
+            metadata={
+                "dagster/row_count": scored.rows,
+                "shards": len(scored.shards),
+                "max_shard_peak_rss_mb": round(
+                    max((s.peak_rss_bytes for s in scored.shards), default=0) / 2**20, 1
+                ),
+                "model_version": model.version,
+            },
+        )
+
+    @dg.graph_asset(
+        name="scored_shards",
+        key_prefix=[name],
+        ins={"shard_manifest": dg.AssetIn(key("shard_manifest")), "model": dg.AssetIn(key("model"))},
+        description="One streamed scoring step per shard, each writing one scored Parquet file.",
+        kinds={"parquet"},
+        **common,
+    )
+    def scored_shards(shard_manifest: ShardManifest, model: ModelHandle) -> ScoredShards:
+        results = fan_out_shards(shard_manifest).map(lambda s: score_shard(s, model))
+        return collect_scores(shard_manifest, model, results.collect())
+
+    output_table = spec.output.table
+
+    @dg.asset(
+        key=key("predictions"),
+        ins={"scored": dg.AssetIn(key("scored_shards"))},
+        check_specs=checks.prediction_specs(key("predictions")),
+        description=f"Predictions published to {output_table}, one partition replaced atomically.",
+        metadata={"dagster/table_name": output_table},
+        kinds={"table"},
+        **common,
+    )
+    def predictions(
+        context: dg.AssetExecutionContext, warehouse: Warehouse, scored: ScoredShards
+    ) -> Iterator[Any]:
+        day = _day(context)
+        try:
+            staged, gates = publish.publish_partition(spec, warehouse, scored, day)
+        except publish.PublicationRejected as rejected:
+            yield from checks.gate_results(rejected.gates)
+            raise fail(context, "predictions", f"nothing published: {rejected}") from rejected
+        except WarehouseError as err:
+            raise fail(context, "predictions", f"nothing published: {err}") from err
+        published = PublishedPartition(
+            pipeline=name, partition=context.partition_key, table=output_table,
+            rows=staged.rows, mode=spec.output.mode,
+        )
+        yield dg.Output(
+            published,
+            metadata={
+                "dagster/row_count": staged.rows,
+                "dagster/table_name": output_table,
+                "dagster/column_schema": spec.output_contract.table_schema(),
+                "mode": spec.output.mode,
+                "model_version": scored.model_version,
+            },
+        )
+        yield from checks.gate_results(gates)
+        yield from checks.evaluate_prediction_bounds(spec, scored)
+
+    @dg.asset(
+        key=key("drift_stats"),
+        ins={
+            "scored": dg.AssetIn(key("scored_shards")),
+            "model": dg.AssetIn(key("model")),
+            "published": dg.AssetIn(key("predictions")),
+        },
+        check_specs=checks.drift_specs(key("drift_stats")),
+        description="PSI of the score and each feature vs training and the previous partition.",
+        **common,
+    )
+    def drift_stats(
+        context: dg.AssetExecutionContext,
+        object_store: ObjectStore,
+        scored: ScoredShards,
+        model: ModelHandle,
+        published: PublishedPartition,
+    ) -> Iterator[Any]:
+        window = context.partition_time_window
+        previous_key = partitions.get_partition_key_for_timestamp(
+            window.start.timestamp() - 1
+        ) if window.start.date() > spec.start_date else None
+        previous = (
+            drift.load_histograms(
+                drift.profile_path(object_store, name, previous_key), model.version
+            )
+            if previous_key
+            else None
+        )
+        report = drift.drift_report(model, scored, previous)
+        path = drift.profile_path(object_store, name, context.partition_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report.to_json())
+        metadata: dict[str, Any] = {
+            f"psi/{k if k != stats.SCORE_KEY else 'score'}": v
+            for k, v in report.psi_reference.items()
+        }
+        if report.psi_previous is not None:
+            metadata.update(
+                {
+                    f"psi_vs_previous/{k if k != stats.SCORE_KEY else 'score'}": v
+                    for k, v in report.psi_previous.items()
+                }
+            )
+        metadata["previous_partition"] = previous_key or "none"
+        metadata["profile"] = str(path)
+        yield dg.MaterializeResult(metadata=metadata)
+        yield from checks.evaluate_drift(spec, report.psi_reference)
+
+    job = dg.define_asset_job(
+        f"{name}_daily",
+        selection=dg.AssetSelection.groups(name),
+        partitions_def=partitions,
+        description=f"Score one day of {name} end to end.",
+    )
+    return Pipeline(
+        spec=spec,
+        partitions=partitions,
+        assets=[model, source_features, shard_manifest, scored_shards, predictions, drift_stats],
+        job=job,
+    )

@@ -1,0 +1,114 @@
+"""Source features: run the feature query in the warehouse and export the rows as Parquet."""
+
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+from batch_inference_assets.contracts import quote_identifier
+from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.warehouse import Warehouse
+from batch_inference_assets.records import ExportedFile, FeatureExport, RowGroup
+from batch_inference_assets.spec import PipelineSpec
+from batch_inference_assets.sql import SqlTemplate, partition_values
+
+MAX_EXPORT_FILE_BYTES = 256 * 1024 * 1024
+_ROW_GROUP_CAP = 122_880
+
+
+def row_group_rows(spec: PipelineSpec) -> int:
+    """Row groups small enough that a shard holds several, so shards can be balanced."""
+    target = spec.sharding.target_rows or _ROW_GROUP_CAP * 4
+    return max(2_048, min(_ROW_GROUP_CAP, target // 4))
+
+
+def render_query(
+    spec: PipelineSpec, schema: str, day: date, window: tuple[datetime, datetime]
+) -> tuple[str, list[object]]:
+    template = SqlTemplate.parse(spec.features.sql)
+    return template.render(schema=schema, values=partition_values(day, window, spec.features.ctx))
+
+
+def describe_file(path: UPath) -> ExportedFile:
+    with path.open("rb") as fh:
+        meta = pq.ParquetFile(fh).metadata
+    groups = [
+        RowGroup(index=i, rows=meta.row_group(i).num_rows, bytes=meta.row_group(i).total_byte_size)
+        for i in range(meta.num_row_groups)
+    ]
+    return ExportedFile(
+        path=str(path), rows=meta.num_rows, bytes=sum(g.bytes for g in groups), row_groups=groups
+    )
+
+
+def read_schema(path: UPath) -> pa.Schema:
+    with path.open("rb") as fh:
+        return pq.read_schema(fh)
+
+
+def export_features(
+    spec: PipelineSpec,
+    warehouse: Warehouse,
+    object_store: ObjectStore,
+    day: date,
+    window: tuple[datetime, datetime],
+) -> FeatureExport:
+    partition = day.isoformat()
+    sql, params = render_query(spec, warehouse.feature_schema, day, window)
+    destination = object_store.path(spec.name, "features", partition)
+    started = time.perf_counter()
+    paths = warehouse.export_query(
+        sql,
+        params,
+        destination,
+        max_file_bytes=MAX_EXPORT_FILE_BYTES,
+        row_group_rows=row_group_rows(spec),
+    )
+    seconds = time.perf_counter() - started
+    files = [f for f in (describe_file(p) for p in paths) if f.rows > 0]
+    columns = {f.name: str(f.type) for f in read_schema(paths[0])} if paths else {}
+    return FeatureExport(
+        pipeline=spec.name,
+        partition=partition,
+        files=files,
+        rows=sum(f.rows for f in files),
+        bytes=sum(f.bytes for f in files),
+        columns=columns,
+        query_seconds=round(seconds, 3),
+    )
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    rows: int
+    duplicate_ids: int
+    null_counts: dict[str, int]
+
+
+def profile_export(
+    export: FeatureExport, id_columns: list[str], columns: list[str], object_store: ObjectStore
+) -> FeatureProfile:
+    """Duplicate ids and null counts in one streaming DuckDB pass over the exported files."""
+    if not export.files:
+        return FeatureProfile(rows=0, duplicate_ids=0, null_counts={c: 0 for c in columns})
+    ids = ", ".join(quote_identifier(c) for c in id_columns)
+    nulls = "".join(f", COUNT(*) - COUNT({quote_identifier(c)})" for c in columns)
+    con = duckdb.connect()
+    try:
+        if not object_store.is_local:
+            con.register_filesystem(object_store.base.fs)
+        con.read_parquet([f.path for f in export.files]).create_view("features")
+        row = con.execute(
+            f"SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT {ids} FROM features "
+            f"GROUP BY {ids} HAVING COUNT(*) > 1)){nulls} FROM features"
+        ).fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    return FeatureProfile(
+        rows=row[0], duplicate_ids=row[1], null_counts=dict(zip(columns, row[2:], strict=True))
+    )

@@ -1,0 +1,1 @@
+"""Storage: the object store, the JSON record IO manager and the warehouse clients."""

@@ -1,0 +1,154 @@
+"""The embedded warehouse: one DuckDB file, bulk export with COPY ... TO, transactional publish."""
+
+import contextlib
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from pydantic import Field
+from upath import UPath
+
+from batch_inference_assets.contracts import quote_identifier, validate_identifier
+from batch_inference_assets.io.warehouse import PublishRequest, StagedStats, Warehouse, WarehouseError
+
+_LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
+
+
+def _is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
+class DuckDBWarehouse(Warehouse):
+    """A DuckDB file as the warehouse; concurrent runs wait for its single-writer lock."""
+
+    database: str = Field(description="Path of the DuckDB file.")
+    schema_name: str = Field(default="main", description="What {schema} resolves to.")
+    output_schema: str = Field(default="main", description="Schema of the published tables.")
+    lock_timeout_seconds: float = Field(default=120.0, gt=0)
+    threads: int = Field(default=2, ge=1)
+
+    @property
+    def dialect(self) -> str:
+        return "duckdb"
+
+    @property
+    def feature_schema(self) -> str:
+        return validate_identifier(self.schema_name, "schema_name")
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout_seconds
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(self.database, config={"threads": self.threads})
+                break
+            except duckdb.IOException as err:
+                if not any(m in str(err) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
+                    raise WarehouseError(f"cannot open DuckDB file {self.database}: {err}") from err
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def export_query(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        destination: UPath,
+        *,
+        max_file_bytes: int,
+        row_group_rows: int,
+    ) -> list[UPath]:
+        if destination.exists():
+            destination.fs.rm(destination.path, recursive=True)
+        staging = (
+            Path(destination.path) if _is_local(destination) else Path(tempfile.mkdtemp())
+        )
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        copy = (
+            f"COPY ({sql}) TO '{staging}' (FORMAT parquet, COMPRESSION zstd, "
+            f"ROW_GROUP_SIZE {int(row_group_rows)}, FILE_SIZE_BYTES {int(max_file_bytes)}, "
+            "FILENAME_PATTERN 'part_{i}')"
+        )
+        try:
+            with self.connect() as con:
+                con.execute(copy, list(params))
+        except duckdb.Error as err:
+            raise WarehouseError(f"feature query failed: {err}") from err
+        files = sorted(staging.glob("*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
+        if _is_local(destination):
+            return [UPath(str(f)) for f in files]
+        destination.mkdir(parents=True, exist_ok=True)
+        uploaded = []
+        for f in files:
+            target = destination / f.name
+            target.fs.put_file(str(f), target.path)
+            uploaded.append(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        return uploaded
+
+    def _existing_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
+        rows = con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [self.output_schema, table],
+        ).fetchall()
+        return [r[0] for r in rows] or None
+
+    def publish(self, request: PublishRequest) -> StagedStats:
+        for f in request.files:
+            if not _is_local(UPath(f)):
+                raise WarehouseError("the DuckDB warehouse publishes from local files only")
+        table = f"{self.output_schema}.{request.table}"
+        qtable = quote_identifier(table)
+        cols = ", ".join(quote_identifier(c) for c in request.contract.names)
+        ids = ", ".join(quote_identifier(c) for c in request.id_columns)
+        score = quote_identifier(request.score_column)
+        part = quote_identifier(request.partition_column)
+        stage = f"stage_{uuid.uuid4().hex[:12]}"
+        with self.connect() as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(self.output_schema)}")
+            existing = self._existing_columns(con, request.table)
+            if existing is not None and existing != request.contract.names:
+                raise WarehouseError(
+                    f"table {table} exists with columns {existing}, but the spec declares "
+                    f"{request.contract.names}; migrate or rename the table"
+                )
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(request.contract.create_table_sql(table, "duckdb"))
+                con.read_parquet(list(request.files)).create_view(f"{stage}_files")
+                con.execute(f"CREATE TEMP TABLE {stage} AS SELECT {cols} FROM {stage}_files")
+                row = con.execute(
+                    f"SELECT COUNT(*), COUNT(*) - COUNT({score}), MIN({score}), MAX({score}), "
+                    f"(SELECT COUNT(*) FROM (SELECT {ids} FROM {stage} GROUP BY {ids} "
+                    "HAVING COUNT(*) > 1)), "
+                    f"COUNT(*) FILTER (WHERE {part} IS DISTINCT FROM ?) FROM {stage}",
+                    [request.partition_value],
+                ).fetchone()
+                assert row is not None
+                stats = StagedStats(*row)
+                request.validate(stats)
+                if request.mode == "replace_partition":
+                    con.execute(f"DELETE FROM {qtable} WHERE {part} = ?", [request.partition_value])
+                con.execute(f"INSERT INTO {qtable} ({cols}) SELECT {cols} FROM {stage}")
+                con.execute(f"DROP TABLE {stage}")
+                con.execute(f"DROP VIEW {stage}_files")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return stats
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        with self.connect() as con:
+            return con.execute(sql, list(params)).fetch_arrow_table()

@@ -1,0 +1,76 @@
+"""The warehouse role: export a query's rows as Parquet, and replace a table partition atomically."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+from upath import UPath
+
+from batch_inference_assets.contracts import Contract
+
+
+class WarehouseError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StagedStats:
+    """Aggregates over the rows staged for publication, computed inside the transaction."""
+
+    rows: int
+    null_scores: int
+    min_score: float | None
+    max_score: float | None
+    duplicate_ids: int
+    other_partitions: int
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    table: str
+    contract: Contract
+    partition_column: str
+    partition_value: date
+    files: Sequence[str]
+    mode: str
+    id_columns: Sequence[str]
+    score_column: str
+    validate: Callable[[StagedStats], None]
+    """Raises to reject the staged rows; the transaction then rolls back."""
+
+
+class Warehouse(dg.ConfigurableResource, ABC):
+    """Runs feature queries and owns the published tables."""
+
+    @property
+    @abstractmethod
+    def dialect(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def feature_schema(self) -> str:
+        """What `{schema}` in feature SQL resolves to for this deployment."""
+
+    @abstractmethod
+    def export_query(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        destination: UPath,
+        *,
+        max_file_bytes: int,
+        row_group_rows: int,
+    ) -> list[UPath]:
+        """Run `sql` and write its rows as Parquet files under `destination` (emptied first)."""
+
+    @abstractmethod
+    def publish(self, request: PublishRequest) -> StagedStats:
+        """Stage the files, validate, and replace (or append to) the partition in one transaction."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run a small read query (checks, tests, operators)."""

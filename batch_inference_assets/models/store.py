@@ -1,0 +1,130 @@
+"""The model store: content-hash versions, aliases, metadata; never "the newest file"."""
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+from upath import UPath
+
+from batch_inference_assets.models.lightgbm_model import BinaryPredictor, TrainedModel
+from batch_inference_assets.records import ModelHandle
+
+MODEL_FILE = "model.txt"
+META_FILE = "meta.json"
+_VERSION = re.compile(r"^[0-9a-f]{16}$")
+
+
+class ModelStoreError(RuntimeError):
+    pass
+
+
+def content_version(model_text: str) -> str:
+    return hashlib.sha256(model_text.encode()).hexdigest()[:16]
+
+
+class ModelStore(dg.ConfigurableResource):
+    """Models under `<root>/<name>/versions/<version>/` with aliases in `<root>/<name>/aliases/`."""
+
+    root: str = Field(description="Local folder or URL (s3://bucket/prefix) of the store.")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    _base: UPath | None = PrivateAttr(default=None)
+
+    @property
+    def base(self) -> UPath:
+        if self._base is None:
+            self._base = UPath(self.root, **self.storage_options)
+        return self._base
+
+    def _version_dir(self, name: str, version: str) -> UPath:
+        return self.base / name / "versions" / version
+
+    def save(
+        self,
+        name: str,
+        trained: TrainedModel,
+        *,
+        kind: str = "lightgbm_binary",
+        aliases: tuple[str, ...] = ("champion",),
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        version = content_version(trained.model_text)
+        folder = self._version_dir(name, version)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MODEL_FILE).write_text(trained.model_text)
+        meta = {
+            "name": name,
+            "version": version,
+            "kind": kind,
+            "features": [f.model_dump() for f in trained.features],
+            "reference": {k: h.model_dump() for k, h in trained.reference.items()},
+            "metrics": trained.metrics,
+            "created_at": datetime.now(UTC).isoformat(),
+            **(extra or {}),
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+        for alias in aliases:
+            self.set_alias(name, alias, version)
+        return version
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        if not (self._version_dir(name, version) / MODEL_FILE).exists():
+            raise ModelStoreError(f"model {name!r} has no version {version!r}")
+        folder = self.base / name / "aliases"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / alias).write_text(version)
+
+    def resolve(self, name: str, ref: str) -> str:
+        """A version for `ref`: the version itself, or what the alias `ref` points at."""
+        if _VERSION.match(ref) and self._version_dir(name, ref).exists():
+            return ref
+        alias_file = self.base / name / "aliases" / ref
+        if not alias_file.exists():
+            raise ModelStoreError(
+                f"model {name!r} has no version or alias {ref!r} in the model store at {self.base}"
+            )
+        return alias_file.read_text().strip()
+
+    def load(self, name: str, ref: str, label_threshold: float = 0.5) -> ModelHandle:
+        """Resolve `ref`, verify the model file against its content hash, and describe it."""
+        version = self.resolve(name, ref)
+        folder = self._version_dir(name, version)
+        try:
+            model_text = (folder / MODEL_FILE).read_text()
+            meta = json.loads((folder / META_FILE).read_text())
+        except FileNotFoundError as err:
+            raise ModelStoreError(
+                f"model {name!r} version {version}: missing file {err.filename}"
+            ) from err
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelStoreError(f"model {name!r} version {version}: unreadable: {err}") from err
+        actual = content_version(model_text)
+        if actual != version:
+            raise ModelStoreError(
+                f"model {name!r} version {version} is corrupt: its file hashes to {actual}"
+            )
+        try:
+            BinaryPredictor(model_text)
+        except Exception as err:  # LightGBM raises its own error type for unparsable models
+            raise ModelStoreError(f"model {name!r} version {version}: cannot load: {err}") from err
+        return ModelHandle(
+            name=name,
+            version=version,
+            kind=meta["kind"],
+            uri=str(folder / MODEL_FILE),
+            features=meta["features"],
+            reference=meta["reference"],
+            label_threshold=label_threshold,
+        )
+
+    def read_model_text(self, handle: ModelHandle) -> str:
+        text = UPath(handle.uri, **self.storage_options).read_text()
+        if content_version(text) != handle.version:
+            raise ModelStoreError(
+                f"model {handle.name!r} version {handle.version} changed on disk since it was "
+                "resolved for this partition"
+            )
+        return text

@@ -1,0 +1,90 @@
+"""Published predictions: load the scored shards into the warehouse, replacing the partition."""
+
+from dataclasses import dataclass
+from datetime import date
+
+from batch_inference_assets.io.warehouse import PublishRequest, StagedStats, Warehouse
+from batch_inference_assets.records import ScoredShards
+from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN, PipelineSpec
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One blocking condition on the staged rows, named like the asset check it reports as."""
+
+    check_name: str
+    passed: bool
+    description: str
+
+
+class PublicationRejected(Exception):
+    def __init__(self, gates: list[GateResult]) -> None:
+        self.gates = gates
+        super().__init__("; ".join(g.description for g in gates if not g.passed))
+
+
+ROW_COUNT_MATCHES_SOURCE = "row_count_matches_source"
+SCORES_ARE_NOT_NULL = "scores_are_not_null"
+SCORES_IN_UNIT_INTERVAL = "scores_in_unit_interval"
+IDS_ARE_UNIQUE = "ids_are_unique"
+BLOCKING_CHECKS = (
+    ROW_COUNT_MATCHES_SOURCE,
+    SCORES_ARE_NOT_NULL,
+    SCORES_IN_UNIT_INTERVAL,
+    IDS_ARE_UNIQUE,
+)
+
+
+def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> list[GateResult]:
+    in_range = staged.rows == 0 or (
+        staged.min_score is not None
+        and staged.max_score is not None
+        and 0.0 <= staged.min_score
+        and staged.max_score <= 1.0
+    )
+    return [
+        GateResult(
+            ROW_COUNT_MATCHES_SOURCE,
+            staged.rows == source_rows and staged.other_partitions == 0,
+            f"{staged.rows} rows staged for {source_rows} source rows"
+            + (f", {staged.other_partitions} of another partition" if staged.other_partitions else ""),
+        ),
+        GateResult(
+            SCORES_ARE_NOT_NULL, staged.null_scores == 0, f"{staged.null_scores} null scores"
+        ),
+        GateResult(
+            SCORES_IN_UNIT_INTERVAL,
+            in_range or not classifier,
+            f"scores span [{staged.min_score}, {staged.max_score}]",
+        ),
+        GateResult(
+            IDS_ARE_UNIQUE, staged.duplicate_ids == 0, f"{staged.duplicate_ids} duplicated ids"
+        ),
+    ]
+
+
+def publish_partition(
+    spec: PipelineSpec, warehouse: Warehouse, scored: ScoredShards, day: date
+) -> tuple[StagedStats, list[GateResult]]:
+    """Replace (or append to) the partition in one transaction, only if every gate passes."""
+    gates: list[GateResult] = []
+
+    def validate(staged: StagedStats) -> None:
+        gates.extend(evaluate_gates(staged, scored.source_rows, classifier=True))
+        if not all(g.passed for g in gates):
+            raise PublicationRejected(gates)
+
+    staged = warehouse.publish(
+        PublishRequest(
+            table=spec.output.table,
+            contract=spec.output_contract,
+            partition_column=PARTITION_COLUMN,
+            partition_value=day,
+            files=scored.paths,
+            mode=spec.output.mode,
+            id_columns=spec.features.id_columns,
+            score_column=SCORE_COLUMN,
+            validate=validate,
+        )
+    )
+    return staged, gates

@@ -1,0 +1,125 @@
+"""Typed records passed between assets: small JSON documents that point at Parquet files."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from batch_inference_assets.contracts import Column, Contract
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureInfo(Record):
+    """One model input: numeric (float64) or categorical (string, coded by `categories`)."""
+
+    name: str
+    type: Literal["float64", "string"]
+    categories: list[str] = Field(default_factory=list)
+
+
+class Histogram(Record):
+    """Counts over `edges` (len(edges)+1 buckets) plus a final bucket for missing values."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+class ModelHandle(Record):
+    """The exact model a partition was scored with, as resolved from the model store."""
+
+    name: str
+    version: str
+    kind: str
+    uri: str
+    features: list[FeatureInfo]
+    reference: dict[str, Histogram] = Field(
+        description="Training distribution per feature and for the score ('__score__')."
+    )
+    label_threshold: float = 0.5
+
+    def feature_contract(self) -> Contract:
+        return Contract.of(Column(f.name, f.type) for f in self.features)
+
+
+class RowGroup(Record):
+    index: int
+    rows: int
+    bytes: int
+
+
+class ExportedFile(Record):
+    path: str
+    rows: int
+    bytes: int
+    row_groups: list[RowGroup]
+
+
+class FeatureExport(Record):
+    pipeline: str
+    partition: str
+    files: list[ExportedFile]
+    rows: int
+    bytes: int
+    columns: dict[str, str]
+    query_seconds: float
+
+
+class ShardPart(Record):
+    path: str
+    row_groups: list[int]
+
+
+class Shard(Record):
+    index: int
+    parts: list[ShardPart]
+    rows: int
+    bytes: int
+
+    @property
+    def key(self) -> str:
+        return f"shard_{self.index:05d}"
+
+
+class ShardManifest(Record):
+    pipeline: str
+    partition: str
+    shards: list[Shard]
+    rows: int
+    bytes: int
+
+
+class ShardScore(Record):
+    index: int
+    path: str
+    rows: int
+    seconds: float
+    peak_rss_bytes: int
+    positives: int
+    confidence_sum: float
+    histograms: dict[str, Histogram]
+
+
+class ScoredShards(Record):
+    pipeline: str
+    partition: str
+    model_version: str
+    source_rows: int
+    shards: list[ShardScore]
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def paths(self) -> list[str]:
+        return [s.path for s in sorted(self.shards, key=lambda s: s.index)]
+
+
+class PublishedPartition(Record):
+    pipeline: str
+    partition: str
+    table: str
+    rows: int
+    mode: str

@@ -1,0 +1,156 @@
+"""Scored shards: stream one shard's row groups through the model into one Parquet file."""
+
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+from batch_inference_assets import stats
+from batch_inference_assets.contracts import Contract
+from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.models.lightgbm_model import BinaryPredictor
+from batch_inference_assets.models.matrix import feature_matrix
+from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardScore
+from batch_inference_assets.spec import LABEL_COLUMN, PARTITION_COLUMN, SCORE_COLUMN
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """What every row of one partition's scoring run is stamped with."""
+
+    pipeline: str
+    partition: date
+    run_id: str
+    scored_at: datetime
+    id_columns: list[str]
+    output: Contract
+    batch_rows: int
+
+
+def scored_path(object_store: ObjectStore, pipeline: str, partition: str, shard: Shard) -> UPath:
+    """Deterministic per partition and shard, so a retry overwrites instead of duplicating."""
+    return object_store.path(pipeline, "scored", partition, f"{shard.key}.parquet")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def iter_shard_batches(
+    shard: Shard, columns: list[str], batch_rows: int, object_store: ObjectStore
+) -> Iterator[pa.RecordBatch]:
+    for part in shard.parts:
+        with object_store.open_path(part.path).open("rb") as fh:
+            # pre_buffer would read whole row groups' column chunks ahead: keep memory bounded.
+            reader = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)
+            yield from reader.iter_batches(
+                batch_size=batch_rows, row_groups=part.row_groups, columns=columns, use_threads=True
+            )
+
+
+def output_batch(
+    batch: pa.RecordBatch, scores: np.ndarray, model: ModelHandle, run: ScoringRun
+) -> pa.RecordBatch:
+    n = batch.num_rows
+    schema = run.output.arrow_schema()
+    values: dict[str, pa.Array] = {
+        SCORE_COLUMN: pa.array(scores, type=pa.float64()),
+        "model_version": pa.repeat(pa.scalar(model.version, pa.string()), n),
+        "scored_at": pa.repeat(pa.scalar(run.scored_at, schema.field("scored_at").type), n),
+        "run_id": pa.repeat(pa.scalar(run.run_id, pa.string()), n),
+        PARTITION_COLUMN: pa.repeat(pa.scalar(run.partition, pa.date32()), n),
+    }
+    if LABEL_COLUMN in run.output.names:
+        values[LABEL_COLUMN] = pa.array(
+            (scores >= model.label_threshold).astype(np.int64), type=pa.int64()
+        )
+    for name in run.id_columns:
+        values[name] = batch.column(name).cast(schema.field(name).type)
+    return pa.RecordBatch.from_arrays([values[f.name] for f in schema], schema=schema)
+
+
+class _ShardAccumulator:
+    def __init__(self, model: ModelHandle) -> None:
+        self.model = model
+        keys = [f.name for f in model.features] + [stats.SCORE_KEY]
+        self.counts = {k: np.zeros(len(model.reference[k].counts), dtype=np.int64) for k in keys}
+        self.rows = 0
+        self.positives = 0
+        self.confidence_sum = 0.0
+
+    def add(self, x: np.ndarray, scores: np.ndarray) -> None:
+        for j, f in enumerate(self.model.features):
+            self.counts[f.name] += stats.bucket_counts(x[:, j], self.model.reference[f.name].edges)
+        self.counts[stats.SCORE_KEY] += stats.bucket_counts(
+            scores, self.model.reference[stats.SCORE_KEY].edges
+        )
+        self.rows += len(scores)
+        self.positives += int((scores >= self.model.label_threshold).sum())
+        self.confidence_sum += float(np.maximum(scores, 1.0 - scores).sum())
+
+    def histograms(self) -> dict[str, Histogram]:
+        return {
+            k: Histogram(edges=self.model.reference[k].edges, counts=c.tolist())
+            for k, c in self.counts.items()
+        }
+
+
+def _local_target(path: UPath) -> tuple[Path, bool]:
+    """Where to write first: beside a local target (renamed into place), else a temp file."""
+    if path.protocol in ("", "file", "local"):
+        local = Path(path.path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+        os.close(fd)
+        return Path(tmp), True
+    fd, tmp = tempfile.mkstemp(suffix=".parquet")
+    os.close(fd)
+    return Path(tmp), False
+
+
+def score_shard(
+    shard: Shard,
+    model: ModelHandle,
+    predictor: BinaryPredictor,
+    run: ScoringRun,
+    object_store: ObjectStore,
+) -> ShardScore:
+    """Score `shard` batch by batch; the output file appears whole or not at all."""
+    started = time.perf_counter()
+    target = scored_path(object_store, run.pipeline, run.partition.isoformat(), shard)
+    columns = list(dict.fromkeys([*run.id_columns, *(f.name for f in model.features)]))
+    acc = _ShardAccumulator(model)
+    tmp, is_local = _local_target(target)
+    try:
+        with pq.ParquetWriter(tmp, run.output.arrow_schema(), compression="zstd") as writer:
+            for batch in iter_shard_batches(shard, columns, run.batch_rows, object_store):
+                x = feature_matrix(batch, model.features)
+                scores = predictor.predict(x)
+                acc.add(x, scores)
+                writer.write_batch(output_batch(batch, scores, model, run))
+        if is_local:
+            os.replace(tmp, target.path)
+        else:
+            target.fs.put_file(str(tmp), target.path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ShardScore(
+        index=shard.index,
+        path=str(target),
+        rows=acc.rows,
+        seconds=round(time.perf_counter() - started, 4),
+        peak_rss_bytes=peak_rss_bytes(),
+        positives=acc.positives,
+        confidence_sum=acc.confidence_sum,
+        histograms=acc.histograms(),
+    )

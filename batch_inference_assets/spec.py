@@ -1,0 +1,227 @@
+"""PipelineSpec: one pipeline = a feature query + a model + an output table, validated at load."""
+
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from batch_inference_assets.contracts import Column, ColumnType, Contract, validate_identifier
+from batch_inference_assets.sql import SqlTemplate
+
+PARTITION_COLUMN = "partition_date"
+SCORE_COLUMN = "score"
+LABEL_COLUMN = "label"
+
+# Columns every scored row carries besides the ids, with the only type each may have.
+SYSTEM_OUTPUT_COLUMNS: dict[str, ColumnType] = {
+    SCORE_COLUMN: "float64",
+    "model_version": "string",
+    "scored_at": "timestamp",
+    "run_id": "string",
+    PARTITION_COLUMN: "date",
+}
+OPTIONAL_OUTPUT_COLUMNS: dict[str, ColumnType] = {LABEL_COLUMN: "int64"}
+
+
+class SpecError(ValueError):
+    """A pipeline spec that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureQuery(_Strict):
+    sql: str = Field(description="Feature SQL; {schema} and :named parameters are templated.")
+    id_columns: list[str] = Field(min_length=1)
+    ctx: dict[str, str | int | float | bool | date] = Field(default_factory=dict)
+
+    @field_validator("id_columns")
+    @classmethod
+    def _ids_are_identifiers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            validate_identifier(name, "id column")
+        return v
+
+    @model_validator(mode="after")
+    def _template_is_valid(self) -> "FeatureQuery":
+        SqlTemplate.parse(self.sql).check_parameters(set(self.ctx))
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str
+    ref: str = Field(default="champion", description="An alias (e.g. champion) or a version.")
+    kind: Literal["lightgbm_binary"] = "lightgbm_binary"
+    label_threshold: float = Field(default=0.5, gt=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        return validate_identifier(v, "model name")
+
+
+class OutputColumn(_Strict):
+    name: str
+    type: ColumnType
+    nullable: bool = True
+    description: str = ""
+
+
+class OutputTable(_Strict):
+    table: str
+    mode: Literal["replace_partition", "append"] = "replace_partition"
+    columns: list[OutputColumn] = Field(min_length=1)
+
+    @field_validator("table")
+    @classmethod
+    def _table_is_identifier(cls, v: str) -> str:
+        return validate_identifier(v, "output table")
+
+
+class Sharding(_Strict):
+    target_rows: int | None = Field(default=500_000, gt=0)
+    target_mb: float | None = Field(default=128.0, gt=0)
+    max_parallel: int = Field(default=8, ge=1, le=1024)
+    batch_rows: int = Field(default=65_536, ge=1024)
+
+    @model_validator(mode="after")
+    def _has_a_target(self) -> "Sharding":
+        if self.target_rows is None and self.target_mb is None:
+            raise ValueError("set target_rows, target_mb or both")
+        return self
+
+
+class Bounds(_Strict):
+    min: float = 0.0
+    max: float = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Bounds":
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class CheckThresholds(_Strict):
+    max_null_rate: float = Field(default=0.5, ge=0, le=1)
+    null_rate_overrides: dict[str, float] = Field(default_factory=dict)
+    positive_rate: Bounds = Bounds(min=0.0, max=1.0)
+    mean_confidence: Bounds = Bounds(min=0.5, max=1.0)
+    psi_warn: float = Field(default=0.1, gt=0)
+    psi_error: float = Field(default=0.25, gt=0)
+
+    @model_validator(mode="after")
+    def _psi_ordered(self) -> "CheckThresholds":
+        if self.psi_warn > self.psi_error:
+            raise ValueError("psi_warn must not exceed psi_error")
+        return self
+
+
+class PipelineSpec(_Strict):
+    name: str
+    description: str = ""
+    owner: str = ""
+    start_date: date
+    timezone: str = "UTC"
+    features: FeatureQuery
+    model: ModelSpec
+    output: OutputTable
+    sharding: Sharding = Sharding()
+    checks: CheckThresholds = CheckThresholds()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        return validate_identifier(v, "pipeline name")
+
+    @model_validator(mode="after")
+    def _output_columns_are_complete(self) -> "PipelineSpec":
+        declared = {c.name: c for c in self.output.columns}
+        expected = dict(SYSTEM_OUTPUT_COLUMNS)
+        problems: list[str] = []
+        for name, typ in expected.items():
+            if name not in declared:
+                problems.append(f"missing column {name!r} ({typ})")
+            elif declared[name].type != typ:
+                problems.append(f"column {name!r} must be {typ}, not {declared[name].type}")
+        for name in self.features.id_columns:
+            if name not in declared:
+                problems.append(f"missing id column {name!r}")
+        for name, col in declared.items():
+            if name in OPTIONAL_OUTPUT_COLUMNS and col.type != OPTIONAL_OUTPUT_COLUMNS[name]:
+                problems.append(
+                    f"column {name!r} must be {OPTIONAL_OUTPUT_COLUMNS[name]}, not {col.type}"
+                )
+            known = (
+                name in expected
+                or name in OPTIONAL_OUTPUT_COLUMNS
+                or name in self.features.id_columns
+            )
+            if not known:
+                problems.append(f"column {name!r} is not produced by scoring")
+        if problems:
+            raise ValueError("output.columns: " + "; ".join(problems))
+        return self
+
+    @property
+    def output_contract(self) -> Contract:
+        return Contract.of(
+            Column(c.name, c.type, c.nullable, c.description) for c in self.output.columns
+        )
+
+    @property
+    def writes_label(self) -> bool:
+        return any(c.name == LABEL_COLUMN for c in self.output.columns)
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(raw: dict[str, Any], source: str = "<inline>") -> PipelineSpec:
+    """Validate a raw mapping into a PipelineSpec; errors name `source` and the field."""
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(f"invalid pipeline spec {source}:\n{_format_validation_error(err)}") from err
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Load one pipeline YAML; `features.sql_file` is read relative to the YAML file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SpecError(f"cannot read pipeline spec {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise SpecError(f"invalid pipeline spec {path}: expected a mapping at the top level")
+    features = raw.get("features")
+    if isinstance(features, dict) and "sql_file" in features:
+        features = dict(features)
+        sql_path = path.parent / str(features.pop("sql_file"))
+        if "sql" in features:
+            raise SpecError(f"invalid pipeline spec {path}:\n  features: give sql or sql_file")
+        try:
+            features["sql"] = sql_path.read_text()
+        except OSError as err:
+            raise SpecError(
+                f"invalid pipeline spec {path}:\n  features.sql_file: cannot read {sql_path}: {err}"
+            ) from err
+        raw = {**raw, "features": features}
+    return parse_spec(raw, source=str(path))
+
+
+def load_specs(folder: str | Path) -> list[PipelineSpec]:
+    specs = [load_spec(p) for p in sorted(Path(folder).glob("*.yaml"))]
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"pipeline names are not unique in {folder}: {dupes}")
+    return specs

@@ -1,0 +1,1 @@
+"""Wiring only: resources per deployment, the pipelines declared in YAML, jobs."""

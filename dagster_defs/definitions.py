@@ -1,0 +1,41 @@
+"""The code location: every pipeline in pipelines/*.yaml on the chosen deployment's resources."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from batch_inference_assets import build_pipeline, load_specs
+from dagster_defs.deployments import local_resources
+
+PIPELINES_DIR = Path(__file__).parent / "pipelines"
+
+# Steps fork from a server that has already imported the heavy modules (see PITFALLS.md).
+EXECUTOR = dg.multiprocess_executor.configured(
+    {
+        "start_method": {
+            "forkserver": {"preload_modules": ["batch_inference_assets", "dagster_defs.definitions"]}
+        }
+    }
+)
+
+
+def build_definitions(
+    resources: dict[str, Any],
+    pipelines_dir: Path = PIPELINES_DIR,
+    executor: dg.ExecutorDefinition | None = EXECUTOR,
+) -> dg.Definitions:
+    pipelines = [build_pipeline(spec) for spec in load_specs(pipelines_dir)]
+    return dg.Definitions(
+        assets=[a for p in pipelines for a in p.assets],
+        jobs=[p.job for p in pipelines],
+        resources=resources,
+        executor=executor,
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    # Read when Dagster loads the code location, never at import.
+    root = Path(dg.EnvVar("BATCH_INFERENCE_ROOT").get_value(".data") or ".data").resolve()
+    return build_definitions(local_resources(root))

@@ -1,0 +1,1 @@
+"""The demo: synthetic data and a model, generated locally and deterministically."""

@@ -1,0 +1,36 @@
+-- Features of every active customer on the partition's day.
+SELECT
+    customer_id,
+    tenure,
+    monthly_charges,
+    total_charges,
+    contract,
+    payment_method,
+    internet_service,
+    region,
+    device_type,
+    senior_citizen,
+    partner,
+    dependents,
+    paperless_billing,
+    streaming_tv,
+    streaming_movies,
+    num_products,
+    num_support_tickets,
+    late_payments_12m,
+    days_since_last_login,
+    app_sessions_30d,
+    email_opens_30d,
+    avg_call_minutes,
+    data_usage_gb,
+    avg_download_speed,
+    outage_minutes_30d,
+    discount_pct,
+    price_increase_pct,
+    nps_score,
+    referrals,
+    age,
+    household_size
+FROM {schema}.customer_features
+WHERE snapshot_date = :partition_date
+  AND tenure >= :min_tenure_months
