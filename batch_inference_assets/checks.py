@@ -45,7 +45,9 @@ def source_feature_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 
 def prediction_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return _specs(
-        key, PREDICTION_BLOCKING_CHECKS, [POSITIVE_RATE_WITHIN_BOUNDS, MEAN_CONFIDENCE_WITHIN_BOUNDS]
+        key,
+        PREDICTION_BLOCKING_CHECKS,
+        [POSITIVE_RATE_WITHIN_BOUNDS, MEAN_CONFIDENCE_WITHIN_BOUNDS],
     )
 
 
@@ -54,7 +56,9 @@ def drift_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 
 
 def contract_problems(spec: PipelineSpec, model: ModelHandle, schema: pa.Schema) -> list[str]:
-    problems = [f"missing id column {c!r}" for c in spec.features.id_columns if c not in schema.names]
+    problems = [
+        f"missing id column {c!r}" for c in spec.features.id_columns if c not in schema.names
+    ]
     return problems + model.feature_contract().violations(schema)
 
 
@@ -77,7 +81,9 @@ def evaluate_source_features(
             check_name=FEATURES_MATCH_MODEL,
             passed=schema is not None and not problems,
             description="; ".join(problems)
-            or ("no rows to compare" if schema is None else f"model {model.version} inputs present"),
+            or (
+                "no rows to compare" if schema is None else f"model {model.version} inputs present"
+            ),
             metadata={"model_version": model.version},
         ),
     ]
@@ -106,9 +112,7 @@ def evaluate_source_features(
     )
     rates = {c: n / profile.rows for c, n in profile.null_counts.items()} if profile.rows else {}
     limit = spec.checks.null_rate_overrides
-    over = {
-        c: r for c, r in rates.items() if r > limit.get(c, spec.checks.max_null_rate)
-    }
+    over = {c: r for c, r in rates.items() if r > limit.get(c, spec.checks.max_null_rate)}
     results.append(
         dg.AssetCheckResult(
             check_name=NULL_RATES_BELOW_THRESHOLD,
@@ -174,7 +178,9 @@ def _psi_result(name: str, value: float, what: str, spec: PipelineSpec) -> dg.As
     )
 
 
-def evaluate_drift(spec: PipelineSpec, psi_reference: dict[str, float]) -> list[dg.AssetCheckResult]:
+def evaluate_drift(
+    spec: PipelineSpec, psi_reference: dict[str, float]
+) -> list[dg.AssetCheckResult]:
     features = {k: v for k, v in psi_reference.items() if k != stats.SCORE_KEY}
     worst = max(features, key=lambda k: features[k], default=None)
     return [

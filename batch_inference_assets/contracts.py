@@ -1,4 +1,4 @@
-"""Typed column contracts: declared once, they drive schema checks, table DDL and Dagster metadata."""
+"""Typed column contracts, declared once: they drive schema checks, DDL and Dagster metadata."""
 
 import re
 from collections.abc import Iterable, Sequence
@@ -149,16 +149,12 @@ class Contract:
             if c.name not in present:
                 problems.append(f"missing column {c.name!r} (expected {c.type})")
             elif not arrow_type_matches(c.type, present[c.name]):
-                problems.append(
-                    f"column {c.name!r} has type {present[c.name]}, expected {c.type}"
-                )
+                problems.append(f"column {c.name!r} has type {present[c.name]}, expected {c.type}")
         return problems
 
 
 def arrow_schema_to_table_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema]
-    )
+    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
 
 
 def select_columns(contract: Contract, names: Sequence[str]) -> Contract:

@@ -49,8 +49,6 @@ def drift_report(
     current = {k: stats.merge(s.histograms[k] for s in scored.shards) for k in keys}
     psi_reference = {k: stats.psi(model.reference[k], current[k]) for k in keys}
     psi_previous = (
-        {k: stats.psi(previous[k], current[k]) for k in keys if k in previous}
-        if previous
-        else None
+        {k: stats.psi(previous[k], current[k]) for k in keys if k in previous} if previous else None
     )
     return DriftReport(model.version, current, psi_reference, psi_previous)

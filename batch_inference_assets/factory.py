@@ -27,7 +27,16 @@ from batch_inference_assets.records import (
 )
 from batch_inference_assets.spec import PipelineSpec
 
-STAGES = ("model", "source_features", "shard_manifest", "scored_shards", "predictions", "drift_stats")
+Context = dg.AssetExecutionContext | dg.OpExecutionContext
+
+STAGES = (
+    "model",
+    "source_features",
+    "shard_manifest",
+    "scored_shards",
+    "predictions",
+    "drift_stats",
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class Pipeline:
         return dg.AssetKey([self.spec.name, stage])
 
 
-def _day(context: dg.OpExecutionContext) -> date:
+def _day(context: Context) -> date:
     return datetime.strptime(context.partition_key, "%Y-%m-%d").date()
 
 
@@ -62,7 +71,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
     def key(stage: str) -> dg.AssetKey:
         return dg.AssetKey([name, stage])
 
-    def fail(context: dg.OpExecutionContext, stage: str, cause: str) -> PipelineFailure:
+    def fail(context: Context, stage: str, cause: str) -> PipelineFailure:
         return PipelineFailure(name, context.partition_key, stage, cause)
 
     common: dict[str, Any] = {"group_name": name, "partitions_def": partitions}
@@ -228,7 +237,10 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
     @dg.graph_asset(
         name="scored_shards",
         key_prefix=[name],
-        ins={"shard_manifest": dg.AssetIn(key("shard_manifest")), "model": dg.AssetIn(key("model"))},
+        ins={
+            "shard_manifest": dg.AssetIn(key("shard_manifest")),
+            "model": dg.AssetIn(key("model")),
+        },
         description="One streamed scoring step per shard, each writing one scored Parquet file.",
         kinds={"parquet"},
         **common,
@@ -260,8 +272,11 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         except WarehouseError as err:
             raise fail(context, "predictions", f"nothing published: {err}") from err
         published = PublishedPartition(
-            pipeline=name, partition=context.partition_key, table=output_table,
-            rows=staged.rows, mode=spec.output.mode,
+            pipeline=name,
+            partition=context.partition_key,
+            table=output_table,
+            rows=staged.rows,
+            mode=spec.output.mode,
         )
         yield dg.Output(
             published,
@@ -295,9 +310,11 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         published: PublishedPartition,
     ) -> Iterator[Any]:
         window = context.partition_time_window
-        previous_key = partitions.get_partition_key_for_timestamp(
-            window.start.timestamp() - 1
-        ) if window.start.date() > spec.start_date else None
+        previous_key = (
+            partitions.get_partition_key_for_timestamp(window.start.timestamp() - 1)
+            if window.start.date() > spec.start_date
+            else None
+        )
         previous = (
             drift.load_histograms(
                 drift.profile_path(object_store, name, previous_key), model.version

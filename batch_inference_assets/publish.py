@@ -39,7 +39,7 @@ def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> l
     in_range = staged.rows == 0 or (
         staged.min_score is not None
         and staged.max_score is not None
-        and 0.0 <= staged.min_score
+        and staged.min_score >= 0.0
         and staged.max_score <= 1.0
     )
     return [
@@ -47,7 +47,11 @@ def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> l
             ROW_COUNT_MATCHES_SOURCE,
             staged.rows == source_rows and staged.other_partitions == 0,
             f"{staged.rows} rows staged for {source_rows} source rows"
-            + (f", {staged.other_partitions} of another partition" if staged.other_partitions else ""),
+            + (
+                f", {staged.other_partitions} of another partition"
+                if staged.other_partitions
+                else ""
+            ),
         ),
         GateResult(
             SCORES_ARE_NOT_NULL, staged.null_scores == 0, f"{staged.null_scores} null scores"

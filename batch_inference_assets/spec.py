@@ -190,7 +190,9 @@ def parse_spec(raw: dict[str, Any], source: str = "<inline>") -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(f"invalid pipeline spec {source}:\n{_format_validation_error(err)}") from err
+        raise SpecError(
+            f"invalid pipeline spec {source}:\n{_format_validation_error(err)}"
+        ) from err
 
 
 def load_spec(path: str | Path) -> PipelineSpec:

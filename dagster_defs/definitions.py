@@ -14,7 +14,9 @@ PIPELINES_DIR = Path(__file__).parent / "pipelines"
 EXECUTOR = dg.multiprocess_executor.configured(
     {
         "start_method": {
-            "forkserver": {"preload_modules": ["batch_inference_assets", "dagster_defs.definitions"]}
+            "forkserver": {
+                "preload_modules": ["batch_inference_assets", "dagster_defs.definitions"]
+            }
         }
     }
 )

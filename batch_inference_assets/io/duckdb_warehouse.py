@@ -15,7 +15,12 @@ from pydantic import Field
 from upath import UPath
 
 from batch_inference_assets.contracts import quote_identifier, validate_identifier
-from batch_inference_assets.io.warehouse import PublishRequest, StagedStats, Warehouse, WarehouseError
+from batch_inference_assets.io.warehouse import (
+    PublishRequest,
+    StagedStats,
+    Warehouse,
+    WarehouseError,
+)
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
 
@@ -70,9 +75,7 @@ class DuckDBWarehouse(Warehouse):
     ) -> list[UPath]:
         if destination.exists():
             destination.fs.rm(destination.path, recursive=True)
-        staging = (
-            Path(destination.path) if _is_local(destination) else Path(tempfile.mkdtemp())
-        )
+        staging = Path(destination.path) if _is_local(destination) else Path(tempfile.mkdtemp())
         staging.parent.mkdir(parents=True, exist_ok=True)
         copy = (
             f"COPY ({sql}) TO '{staging}' (FORMAT parquet, COMPRESSION zstd, "
@@ -151,4 +154,4 @@ class DuckDBWarehouse(Warehouse):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.connect() as con:
-            return con.execute(sql, list(params)).fetch_arrow_table()
+            return con.sql(sql, params=list(params)).to_arrow_table()

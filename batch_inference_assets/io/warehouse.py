@@ -1,4 +1,4 @@
-"""The warehouse role: export a query's rows as Parquet, and replace a table partition atomically."""
+"""The warehouse role: export a query as Parquet files; replace a table partition atomically."""
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -69,7 +69,7 @@ class Warehouse(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def publish(self, request: PublishRequest) -> StagedStats:
-        """Stage the files, validate, and replace (or append to) the partition in one transaction."""
+        """Stage the files, validate, then replace (or append to) the partition: one transaction."""
 
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:

@@ -80,19 +80,17 @@ def train_binary(
     )
     booster = lgb.train({**DEFAULT_PARAMS, **(params or {})}, dataset, num_boost_round)
 
-    train_scores = booster.predict(x)
+    train_scores = np.asarray(booster.predict(x), dtype=np.float64)
     reference = {
         f.name: stats.histogram(x[:, j], stats.edges_for(f, x[:, j]))
         for j, f in enumerate(features)
     }
-    reference[stats.SCORE_KEY] = stats.histogram(
-        train_scores, stats.quantile_edges(train_scores)
-    )
+    reference[stats.SCORE_KEY] = stats.histogram(train_scores, stats.quantile_edges(train_scores))
     hx = feature_matrix(holdout, features)
     hy = holdout.column(label).to_numpy()
     metrics = {
         "train_auc": auc(y, train_scores),
-        "holdout_auc": auc(hy, booster.predict(hx)),
+        "holdout_auc": auc(hy, np.asarray(booster.predict(hx), dtype=np.float64)),
         "train_rows": float(train.num_rows),
         "holdout_rows": float(holdout.num_rows),
     }

@@ -1,6 +1,6 @@
 """Demo seed: a deterministic synthetic customer table in DuckDB and a LightGBM churn model.
 
-    python -m dagster_defs.demo.seed --root .data
+python -m dagster_defs.demo.seed --root .data
 """
 
 import argparse
@@ -130,12 +130,13 @@ class SeedResult:
 
 
 def seed(root: Path, customers: int = CUSTOMERS, days: int = DAYS) -> SeedResult:
-    """(Re)build the demo warehouse and train the champion model; the same input gives the same data."""
+    """(Re)build the demo warehouse and train the champion model, deterministically."""
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     warehouse = DuckDBWarehouse(database=str(root / "warehouse.duckdb"))
     people = _customers(customers)
-    train_parts, holdout_parts = [], []
+    train_parts: list[pa.Table] = []
+    holdout_parts: list[pa.Table] = []
     with warehouse.connect() as con:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         con.execute(f"DROP TABLE IF EXISTS {SCHEMA}.customer_features")

@@ -1,0 +1,44 @@
+# make demo | make test | make ui | make seed | make lint | make clean
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export BATCH_INFERENCE_ROOT ?= $(CURDIR)/.data
+
+.PHONY: venv demo seed ui test lint typecheck unit clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python -m dagster_defs.demo.run --root $(BATCH_INFERENCE_ROOT)
+
+seed: venv
+	$(BIN)/python -m dagster_defs.demo.seed --root $(BATCH_INFERENCE_ROOT)
+
+ui: venv
+	test -f $(BATCH_INFERENCE_ROOT)/warehouse.duckdb || $(MAKE) seed
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .pytest_cache .ruff_cache
+	find .dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +
