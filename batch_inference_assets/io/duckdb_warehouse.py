@@ -147,6 +147,9 @@ class DuckDBWarehouse(Warehouse):
                 con.execute(f"DROP TABLE {stage}")
                 con.execute(f"DROP VIEW {stage}_files")
                 con.execute("COMMIT")
+            except duckdb.Error as err:
+                con.execute("ROLLBACK")
+                raise WarehouseError(f"publishing to {table} failed, rolled back: {err}") from err
             except BaseException:
                 con.execute("ROLLBACK")
                 raise

@@ -129,8 +129,16 @@ class SeedResult:
     seconds: float
 
 
-def seed(root: Path, customers: int = CUSTOMERS, days: int = DAYS) -> SeedResult:
+def seed(
+    root: Path,
+    customers: int = CUSTOMERS,
+    days: int = DAYS,
+    train_days: int = TRAIN_DAYS,
+    holdout_days: int = HOLDOUT_DAYS,
+) -> SeedResult:
     """(Re)build the demo warehouse and train the champion model, deterministically."""
+    if days < train_days + holdout_days:
+        raise ValueError(f"need at least {train_days + holdout_days} days for training and holdout")
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     warehouse = DuckDBWarehouse(database=str(root / "warehouse.duckdb"))
@@ -150,9 +158,9 @@ def seed(root: Path, customers: int = CUSTOMERS, days: int = DAYS) -> SeedResult
             else:
                 con.execute(f"INSERT INTO {SCHEMA}.customer_features SELECT * FROM day_frame")
             con.unregister("day_frame")
-            if offset < TRAIN_DAYS + HOLDOUT_DAYS:
+            if offset < train_days + holdout_days:
                 labelled = frame.append_column("churned", pa.array(churn))
-                (train_parts if offset < TRAIN_DAYS else holdout_parts).append(labelled)
+                (train_parts if offset < train_days else holdout_parts).append(labelled)
         labels = pa.concat_tables(train_parts + holdout_parts).select(
             ["snapshot_date", "customer_id", "churned"]
         )
@@ -172,7 +180,7 @@ def seed(root: Path, customers: int = CUSTOMERS, days: int = DAYS) -> SeedResult
         extra={
             "training_window": [
                 FIRST_DAY.isoformat(),
-                (FIRST_DAY + timedelta(days=TRAIN_DAYS - 1)).isoformat(),
+                (FIRST_DAY + timedelta(days=train_days - 1)).isoformat(),
             ]
         },
     )

@@ -1,0 +1,104 @@
+"""Shared fixtures: a small seeded demo warehouse and model, copied fresh for each test."""
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+
+from batch_inference_assets import PipelineSpec, build_pipeline, load_spec
+from dagster_defs.definitions import PIPELINES_DIR
+from dagster_defs.demo.seed import seed
+from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
+
+# Small but realistic: 16 days x 8,000 customers; DuckDB writes ~4 row groups a day.
+SEED_CUSTOMERS = 8_000
+SEED_DAYS = 16
+DAY = "2026-10-15"
+OTHER_DAYS = ("2026-10-13", "2026-10-14")
+EMPTY_DAY = "2026-10-20"  # inside the partition range, after the seeded data
+TABLE = f"{DEMO_OUTPUT_SCHEMA}.churn_predictions"
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("seeded")
+    seed(root, customers=SEED_CUSTOMERS, days=SEED_DAYS, train_days=10, holdout_days=4)
+    return root
+
+
+@pytest.fixture
+def root(seeded_template: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(seeded_template, target)
+    return target
+
+
+@pytest.fixture
+def resources(root: Path) -> dict[str, Any]:
+    return local_resources(root)
+
+
+@pytest.fixture
+def churn_spec() -> PipelineSpec:
+    spec = load_spec(PIPELINES_DIR / "churn.yaml")
+    # Smaller shards than the demo so every run here fans out to several steps.
+    return spec.model_copy(
+        update={"sharding": spec.sharding.model_copy(update={"target_rows": 2_000})}
+    )
+
+
+Materialize = Callable[..., dg.ExecuteInProcessResult]
+
+
+@pytest.fixture
+def materialize(resources: dict[str, Any], churn_spec: PipelineSpec) -> Materialize:
+    """Run a pipeline's whole asset graph for one partition, in process."""
+
+    def run(partition: str, spec: PipelineSpec | None = None) -> dg.ExecuteInProcessResult:
+        pipeline = build_pipeline(spec or churn_spec)
+        return dg.materialize(
+            pipeline.assets, partition_key=partition, resources=resources, raise_on_error=False
+        )
+
+    return run
+
+
+def read_table(
+    resources: dict[str, Any], where: str = "", params: tuple[Any, ...] = ()
+) -> pa.Table:
+    warehouse = resources["warehouse"]
+    exists = (
+        warehouse.query(
+            "SELECT COUNT(*) AS n FROM information_schema.tables "
+            "WHERE table_schema = ? AND table_name = 'churn_predictions'",
+            [DEMO_OUTPUT_SCHEMA],
+        )
+        .column("n")[0]
+        .as_py()
+    )
+    if not exists:
+        return pa.table({})
+    return warehouse.query(
+        f"SELECT * FROM {TABLE} {where} ORDER BY partition_date, customer_id", list(params)
+    )
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert failures, "expected a failed step"
+    data = failures[0].step_failure_data
+    return data.user_failure_data.description if data.user_failure_data else data.error.message
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
+    """(asset stage, check name) -> passed, for every check evaluated in the run."""
+    out = {}
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev = e.event_specific_data
+            out[(ev.asset_key.path[-1], ev.check_name)] = ev.passed
+    return out

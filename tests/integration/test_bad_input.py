@@ -1,0 +1,236 @@
+"""Bad input: a clear error naming pipeline, partition and cause, and nothing published."""
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_inference_assets import PipelineSpec, build_pipeline
+from batch_inference_assets.models.lightgbm_model import train_binary
+from tests.conftest import DAY, EMPTY_DAY, Materialize, check_results, failure_message, read_table
+
+
+@pytest.fixture
+def published(materialize: Materialize, resources: dict[str, Any]) -> pa.Table:
+    """The table after a good run of DAY: what every failed run must leave exactly as it was."""
+    assert materialize(DAY).success
+    table = read_table(resources)
+    assert table.num_rows > 0
+    return table
+
+
+def _with_sql(spec: PipelineSpec, old: str, new: str) -> PipelineSpec:
+    assert old in spec.features.sql
+    features = spec.features.model_copy(update={"sql": spec.features.sql.replace(old, new)})
+    return spec.model_copy(update={"features": features})
+
+
+def _assert_failed_cleanly(
+    result: dg.ExecuteInProcessResult,
+    resources: dict[str, Any],
+    before: pa.Table,
+    *causes: str,
+    partition: str = DAY,
+) -> str:
+    assert not result.success
+    message = failure_message(result)
+    assert "pipeline 'churn'" in message and f"partition {partition}" in message, message
+    for cause in causes:
+        assert cause in message, message
+    assert read_table(resources).equals(before)
+    return message
+
+
+def test_duplicate_ids(
+    materialize: Materialize, resources: dict[str, Any], published: pa.Table
+) -> None:
+    with resources["warehouse"].connect() as con:
+        con.execute(
+            "INSERT INTO raw.customer_features SELECT * FROM raw.customer_features "
+            "WHERE snapshot_date = ? AND customer_id IN (100001, 100002)",
+            [DAY],
+        )
+    result = materialize(DAY)
+    _assert_failed_cleanly(
+        result, resources, published, "ids_are_unique failed", "2 ids occur more than once"
+    )
+    assert check_results(result)[("source_features", "ids_are_unique")] is False
+
+
+def test_missing_feature_column(
+    materialize: Materialize,
+    resources: dict[str, Any],
+    published: pa.Table,
+    churn_spec: PipelineSpec,
+) -> None:
+    spec = _with_sql(churn_spec, "    nps_score,\n", "")
+    result = materialize(DAY, spec)
+    _assert_failed_cleanly(
+        result,
+        resources,
+        published,
+        "features_match_model_contract failed",
+        "missing column 'nps_score'",
+    )
+
+
+def test_string_in_a_numeric_feature(
+    materialize: Materialize,
+    resources: dict[str, Any],
+    published: pa.Table,
+    churn_spec: PipelineSpec,
+) -> None:
+    spec = _with_sql(
+        churn_spec,
+        "    monthly_charges,\n",
+        "    CASE WHEN customer_id = 100005 THEN 'n/a' ELSE CAST(monthly_charges AS VARCHAR) END"
+        " AS monthly_charges,\n",
+    )
+    result = materialize(DAY, spec)
+    _assert_failed_cleanly(
+        result, resources, published, "column 'monthly_charges' has type string, expected float64"
+    )
+
+
+def test_empty_partition_is_a_clear_failure(
+    materialize: Materialize, resources: dict[str, Any], published: pa.Table
+) -> None:
+    result = materialize(EMPTY_DAY)
+    _assert_failed_cleanly(
+        result, resources, published, "partition_is_not_empty failed (0 rows)", partition=EMPTY_DAY
+    )
+
+
+def test_sql_error(
+    materialize: Materialize,
+    resources: dict[str, Any],
+    published: pa.Table,
+    churn_spec: PipelineSpec,
+) -> None:
+    spec = _with_sql(churn_spec, "{schema}.customer_features", "{schema}.customer_featurez")
+    result = materialize(DAY, spec)
+    _assert_failed_cleanly(
+        result, resources, published, "feature query failed", "customer_featurez"
+    )
+
+
+def _champion_dir(root: Path) -> Path:
+    version = (root / "models" / "churn" / "aliases" / "champion").read_text()
+    return root / "models" / "churn" / "versions" / version
+
+
+def test_missing_model_file(
+    materialize: Materialize, resources: dict[str, Any], published: pa.Table, root: Path
+) -> None:
+    (_champion_dir(root) / "model.txt").unlink()
+    result = materialize(DAY)
+    _assert_failed_cleanly(result, resources, published, "model:", "missing file")
+
+
+def test_corrupt_model_file(
+    materialize: Materialize, resources: dict[str, Any], published: pa.Table, root: Path
+) -> None:
+    model_file = _champion_dir(root) / "model.txt"
+    model_file.write_text(model_file.read_text()[:5000])
+    result = materialize(DAY)
+    _assert_failed_cleanly(result, resources, published, "is corrupt")
+
+
+def test_unknown_model_alias(
+    materialize: Materialize,
+    resources: dict[str, Any],
+    published: pa.Table,
+    churn_spec: PipelineSpec,
+) -> None:
+    spec = churn_spec.model_copy(
+        update={"model": churn_spec.model.model_copy(update={"ref": "staging"})}
+    )
+    result = materialize(DAY, spec)
+    _assert_failed_cleanly(result, resources, published, "no version or alias 'staging'")
+
+
+def test_model_features_do_not_match_the_query(
+    materialize: Materialize, resources: dict[str, Any], published: pa.Table
+) -> None:
+    rng = np.random.default_rng(0)
+    n = 2_000
+    frame = pa.table(
+        {
+            "tenure": rng.integers(0, 72, n),
+            "loyalty_points": rng.normal(size=n),
+            "y": rng.integers(0, 2, n),
+        }
+    )
+    other = train_binary(frame, frame, ["tenure", "loyalty_points"], "y", num_boost_round=5)
+    resources["model_store"].save("churn", other)  # now the champion
+    result = materialize(DAY)
+    _assert_failed_cleanly(result, resources, published, "missing column 'loyalty_points'")
+
+
+def test_failure_during_publication_rolls_back(
+    resources: dict[str, Any], published: pa.Table, churn_spec: PipelineSpec
+) -> None:
+    pipeline = build_pipeline(churn_spec)
+    upstream = dg.AssetSelection.assets(pipeline.key("predictions")).upstream(include_self=False)
+    assert dg.materialize(
+        pipeline.assets, selection=upstream, partition_key=DAY, resources=resources
+    ).success
+    scored = sorted(
+        (Path(resources["object_store"].root) / "churn" / "scored" / DAY).glob("*.parquet")
+    )
+    assert len(scored) >= 2
+    # Shard 1 now repeats shard 0's rows: duplicate ids and too many rows, caught in the transaction.
+    shutil.copy(scored[0], scored[1])
+    result = dg.materialize(
+        pipeline.assets,
+        selection=dg.AssetSelection.assets(pipeline.key("predictions")),
+        partition_key=DAY,
+        resources=resources,
+        raise_on_error=False,
+    )
+    _assert_failed_cleanly(result, resources, published, "nothing published", "duplicated ids")
+    checks = check_results(result)
+    assert checks[("predictions", "ids_are_unique")] is False
+    assert checks[("predictions", "row_count_matches_source")] is False
+    # A missing shard file fails inside the transaction too.
+    scored[1].unlink()
+    result = dg.materialize(
+        pipeline.assets,
+        selection=dg.AssetSelection.assets(pipeline.key("predictions")),
+        partition_key=DAY,
+        resources=resources,
+        raise_on_error=False,
+    )
+    _assert_failed_cleanly(result, resources, published, "nothing published", "rolled back")
+
+
+def test_scored_file_from_another_partition_is_rejected(
+    resources: dict[str, Any], published: pa.Table, churn_spec: PipelineSpec
+) -> None:
+    pipeline = build_pipeline(churn_spec)
+    upstream = dg.AssetSelection.assets(pipeline.key("predictions")).upstream(include_self=False)
+    assert dg.materialize(
+        pipeline.assets, selection=upstream, partition_key=DAY, resources=resources
+    ).success
+    shard = sorted(
+        (Path(resources["object_store"].root) / "churn" / "scored" / DAY).glob("*.parquet")
+    )[0]
+    t = pq.read_table(shard)
+    i = t.schema.get_field_index("partition_date")
+    t = t.set_column(
+        i, t.schema.field(i), pa.repeat(pa.scalar(EMPTY_DAY).cast(pa.date32()), t.num_rows)
+    )
+    pq.write_table(t, shard)
+    result = dg.materialize(
+        pipeline.assets,
+        selection=dg.AssetSelection.assets(pipeline.key("predictions")),
+        partition_key=DAY,
+        resources=resources,
+        raise_on_error=False,
+    )
+    _assert_failed_cleanly(result, resources, published, "of another partition")

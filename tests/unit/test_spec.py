@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from batch_inference_assets import SpecError, load_spec, load_specs
+from dagster_defs.definitions import PIPELINES_DIR
+
+
+def _write(tmp_path: Path, raw: dict, sql: str | None = None) -> Path:
+    if sql is not None:
+        (tmp_path / "q.sql").write_text(sql)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def raw_churn() -> dict:
+    raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
+    raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
+    return raw
+
+
+def test_the_demo_pipeline_loads() -> None:
+    specs = load_specs(PIPELINES_DIR)
+    assert [s.name for s in specs] == ["churn"]
+    spec = specs[0]
+    assert spec.features.id_columns == ["customer_id"]
+    assert ":partition_date" in spec.features.sql
+    assert spec.output_contract.names[:3] == ["customer_id", "score", "label"]
+    assert "CREATE TABLE IF NOT EXISTS" in spec.output_contract.create_table_sql("t", "duckdb")
+
+
+def test_wrong_output_column_type_names_file_and_field(tmp_path: Path, raw_churn: dict) -> None:
+    raw_churn["output"]["columns"][1]["type"] = "string"
+    path = _write(tmp_path, raw_churn)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+    assert "output" in str(err.value) and "'score' must be float64" in str(err.value)
+
+
+def test_unknown_sql_parameter_fails_at_load(tmp_path: Path, raw_churn: dict) -> None:
+    path = _write(
+        tmp_path,
+        {**raw_churn, "features": {**raw_churn["features"], "sql_file": "q.sql"}},
+        sql="SELECT * FROM {schema}.t WHERE d = :partition_dte",
+    )
+    with pytest.raises(SpecError, match=r"features: .*:partition_dte"):
+        load_spec(path)
+
+
+def test_missing_sql_file_fails_at_load(tmp_path: Path, raw_churn: dict) -> None:
+    raw_churn["features"]["sql_file"] = "nope.sql"
+    with pytest.raises(SpecError, match=r"features.sql_file: cannot read"):
+        load_spec(_write(tmp_path, raw_churn))
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"name": "churn-v2"}, "name"),
+        ({"output": {"table": "x; drop", "columns": []}}, "output"),
+        ({"sharding": {"target_rows": None, "target_mb": None}}, "sharding"),
+        ({"checks": {"psi_warn": 0.5, "psi_error": 0.2}}, "checks"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, raw_churn: dict, patch: dict, field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(_write(tmp_path, {**raw_churn, **patch}))
+    assert f"  {field}" in str(err.value)
+
+
+def test_undeclared_output_column_is_rejected(tmp_path: Path, raw_churn: dict) -> None:
+    raw_churn["output"]["columns"].append({"name": "tenure", "type": "int64"})
+    with pytest.raises(SpecError, match="'tenure' is not produced by scoring"):
+        load_spec(_write(tmp_path, raw_churn))
