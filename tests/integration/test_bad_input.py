@@ -184,7 +184,7 @@ def test_failure_during_publication_rolls_back(
         (Path(resources["object_store"].root) / "churn" / "scored" / DAY).glob("*.parquet")
     )
     assert len(scored) >= 2
-    # Shard 1 now repeats shard 0's rows: duplicate ids and too many rows, caught in the transaction.
+    # Shard 1 now repeats shard 0's rows: duplicate ids and extra rows, caught in the transaction.
     shutil.copy(scored[0], scored[1])
     result = dg.materialize(
         pipeline.assets,

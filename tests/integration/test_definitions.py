@@ -1,0 +1,73 @@
+"""What the code location exposes: a rename shows up here in review."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dagster_defs import definitions
+
+
+@pytest.fixture
+def defs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dg.Definitions:
+    monkeypatch.setenv("BATCH_INFERENCE_ROOT", str(tmp_path))
+    return definitions.defs()
+
+
+def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
+        "churn/drift_stats",
+        "churn/model",
+        "churn/predictions",
+        "churn/scored_shards",
+        "churn/shard_manifest",
+        "churn/source_features",
+    ]
+    checks = sorted(
+        (k.asset_key.to_user_string(), k.name, graph.get_check_spec(k).blocking)
+        for k in graph.asset_check_keys
+    )
+    assert checks == [
+        ("churn/drift_stats", "feature_drift_below_threshold", False),
+        ("churn/drift_stats", "score_drift_below_threshold", False),
+        ("churn/predictions", "ids_are_unique", True),
+        ("churn/predictions", "mean_confidence_within_bounds", False),
+        ("churn/predictions", "positive_rate_within_bounds", False),
+        ("churn/predictions", "row_count_matches_source", True),
+        ("churn/predictions", "scores_are_not_null", True),
+        ("churn/predictions", "scores_in_unit_interval", True),
+        ("churn/source_features", "features_match_model_contract", True),
+        ("churn/source_features", "ids_are_unique", True),
+        ("churn/source_features", "null_rates_below_threshold", False),
+        ("churn/source_features", "partition_is_not_empty", True),
+    ]
+    assert [j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")] == [
+        "churn_daily"
+    ]
+
+
+def test_lineage_flows_one_way(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+
+    def parents(stage: str) -> set[str]:
+        node = graph.get(dg.AssetKey(["churn", stage]))
+        return {k.path[-1] for k in node.parent_keys}
+
+    assert parents("source_features") == {"model"}
+    assert parents("shard_manifest") == {"source_features"}
+    assert parents("scored_shards") == {"shard_manifest", "model"}
+    assert parents("predictions") == {"scored_shards"}
+    assert parents("drift_stats") == {"predictions", "scored_shards", "model"}
+    for stage in ("model", "source_features", "predictions"):
+        assert graph.get(dg.AssetKey(["churn", stage])).group_name == "churn"
+    partitions = graph.get(dg.AssetKey(["churn", "predictions"])).partitions_def
+    assert isinstance(partitions, dg.DailyPartitionsDefinition)
+    assert partitions.get_first_partition_key() == "2026-10-01"
+
+
+def test_loading_definitions_reads_nothing_from_the_warehouse(
+    defs: dg.Definitions, tmp_path: Path
+) -> None:
+    # The root does not even exist yet: loading must not touch storage.
+    assert not any(tmp_path.iterdir())
