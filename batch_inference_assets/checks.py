@@ -182,7 +182,12 @@ def evaluate_drift(
     spec: PipelineSpec, psi_reference: dict[str, float]
 ) -> list[dg.AssetCheckResult]:
     features = {k: v for k, v in psi_reference.items() if k != stats.SCORE_KEY}
-    worst = max(features, key=lambda k: features[k], default=None)
+    # A NaN PSI (nothing to compare) must surface, not hide behind a healthy feature.
+    worst = max(
+        features,
+        key=lambda k: math.inf if math.isnan(features[k]) else features[k],
+        default=None,
+    )
     return [
         _psi_result(SCORE_DRIFT_BELOW_THRESHOLD, psi_reference[stats.SCORE_KEY], "score", spec),
         _psi_result(

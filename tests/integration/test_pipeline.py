@@ -126,3 +126,42 @@ def test_drift_compares_with_the_previous_partition(materialize: Materialize) ->
     md = second.asset_materializations_for_node("churn__drift_stats")[0].metadata
     assert md["previous_partition"].value == OTHER_DAYS[1]
     assert 0 <= md["psi_vs_previous/score"].value < 0.1
+
+
+def test_append_mode_adds_rows_instead_of_replacing(
+    materialize: Materialize, resources: dict[str, Any], churn_spec: Any
+) -> None:
+    spec = churn_spec.model_copy(
+        update={"output": churn_spec.output.model_copy(update={"mode": "append"})}
+    )
+    first, second = materialize(DAY, spec), materialize(DAY, spec)
+    assert first.success and second.success
+    table = read_table(resources)
+    assert table.num_rows == 2 * SEED_CUSTOMERS
+    assert set(table.column("run_id").to_pylist()) == {first.run_id, second.run_id}
+
+
+def test_drift_checks_warn_and_error_by_threshold(
+    materialize: Materialize, resources: dict[str, Any]
+) -> None:
+    with resources["warehouse"].connect() as con:
+        # Every customer's charges triple: a large shift in one feature, none in the others.
+        con.execute(
+            "UPDATE raw.customer_features SET monthly_charges = monthly_charges * 3 "
+            "WHERE snapshot_date = ?",
+            [DAY],
+        )
+    result = materialize(DAY)
+    assert result.success  # drift alerts, it does not block publication
+    evaluations = {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    feature = evaluations["feature_drift_below_threshold"]
+    assert not feature.passed and feature.severity == dg.AssetCheckSeverity.ERROR
+    assert "monthly_charges" in feature.description
+    drift = result.asset_materializations_for_node("churn__drift_stats")[0].metadata
+    assert drift["psi/monthly_charges"].value > 0.25
+    assert drift["psi/tenure"].value < 0.1
+    assert read_table(resources).num_rows == SEED_CUSTOMERS
