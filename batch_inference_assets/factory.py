@@ -117,7 +117,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         window = context.partition_time_window
         try:
             export = features.export_features(
-                spec, warehouse, object_store, day, (window.start, window.end)
+                spec, warehouse, object_store, day, (window.start, window.end), context.run_id
             )
         except WarehouseError as err:
             raise fail(context, "source_features", str(err)) from err
@@ -261,11 +261,16 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         **common,
     )
     def predictions(
-        context: dg.AssetExecutionContext, warehouse: Warehouse, scored: ScoredShards
+        context: dg.AssetExecutionContext,
+        warehouse: Warehouse,
+        object_store: ObjectStore,
+        scored: ScoredShards,
     ) -> Iterator[Any]:
         day = _day(context)
         try:
-            staged, gates = publish.publish_partition(spec, warehouse, scored, day)
+            staged, gates = publish.publish_partition(
+                spec, warehouse, object_store, scored, day, context.run_id
+            )
         except publish.PublicationRejected as rejected:
             yield from checks.gate_results(rejected.gates)
             raise fail(context, "predictions", f"nothing published: {rejected}") from rejected

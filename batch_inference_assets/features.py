@@ -11,7 +11,7 @@ from upath import UPath
 
 from batch_inference_assets.contracts import quote_identifier
 from batch_inference_assets.io.object_store import ObjectStore
-from batch_inference_assets.io.warehouse import Warehouse
+from batch_inference_assets.io.warehouse import QueryTag, Warehouse
 from batch_inference_assets.records import ExportedFile, FeatureExport, RowGroup
 from batch_inference_assets.spec import PipelineSpec
 from batch_inference_assets.sql import SqlTemplate, partition_values
@@ -56,6 +56,7 @@ def export_features(
     object_store: ObjectStore,
     day: date,
     window: tuple[datetime, datetime],
+    run_id: str,
 ) -> FeatureExport:
     partition = day.isoformat()
     sql, params = render_query(spec, warehouse.feature_schema, day, window)
@@ -67,6 +68,7 @@ def export_features(
         destination,
         max_file_bytes=MAX_EXPORT_FILE_BYTES,
         row_group_rows=row_group_rows(spec),
+        tag=QueryTag(spec.name, partition, run_id, "source_features"),
     )
     seconds = time.perf_counter() - started
     files = [f for f in (describe_file(p) for p in paths) if f.rows > 0]

@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from datetime import date
 
-from batch_inference_assets.io.warehouse import PublishRequest, StagedStats, Warehouse
+from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.warehouse import PublishRequest, QueryTag, StagedStats, Warehouse
 from batch_inference_assets.records import ScoredShards
 from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN, PipelineSpec
 
@@ -68,7 +69,12 @@ def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> l
 
 
 def publish_partition(
-    spec: PipelineSpec, warehouse: Warehouse, scored: ScoredShards, day: date
+    spec: PipelineSpec,
+    warehouse: Warehouse,
+    object_store: ObjectStore,
+    scored: ScoredShards,
+    day: date,
+    run_id: str,
 ) -> tuple[StagedStats, list[GateResult]]:
     """Replace (or append to) the partition in one transaction, only if every gate passes."""
     gates: list[GateResult] = []
@@ -88,7 +94,9 @@ def publish_partition(
             mode=spec.output.mode,
             id_columns=spec.features.id_columns,
             score_column=SCORE_COLUMN,
+            tag=QueryTag(spec.name, day.isoformat(), run_id, "predictions"),
             validate=validate,
-        )
+        ),
+        object_store,
     )
     return staged, gates

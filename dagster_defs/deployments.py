@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
-from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory
 from batch_inference_assets.models.store import ModelStore
 
@@ -14,7 +14,7 @@ DEMO_OUTPUT_SCHEMA = "predictions"
 
 def local_resources(root: Path) -> dict[str, Any]:
     """The embedded default: a DuckDB file and local folders under `root`."""
-    object_store = ObjectStore(root=str(root / "object_store"))
+    object_store = LocalObjectStore(root=str(root / "object_store"))
     return {
         "warehouse": DuckDBWarehouse(
             database=str(root / "warehouse.duckdb"),
@@ -22,6 +22,6 @@ def local_resources(root: Path) -> dict[str, Any]:
             output_schema=DEMO_OUTPUT_SCHEMA,
         ),
         "object_store": object_store,
-        "model_store": ModelStore(root=str(root / "models")),
+        "model_store": ModelStore(store=LocalObjectStore(root=str(root / "models"))),
         "io_manager": RecordIOManagerFactory(object_store=object_store),
     }

@@ -15,8 +15,10 @@ from pydantic import Field
 from upath import UPath
 
 from batch_inference_assets.contracts import quote_identifier, validate_identifier
+from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import (
     PublishRequest,
+    QueryTag,
     StagedStats,
     Warehouse,
     WarehouseError,
@@ -72,6 +74,7 @@ class DuckDBWarehouse(Warehouse):
         *,
         max_file_bytes: int,
         row_group_rows: int,
+        tag: QueryTag,
     ) -> list[UPath]:
         if destination.exists():
             destination.fs.rm(destination.path, recursive=True)
@@ -107,10 +110,7 @@ class DuckDBWarehouse(Warehouse):
         ).fetchall()
         return [r[0] for r in rows] or None
 
-    def publish(self, request: PublishRequest) -> StagedStats:
-        for f in request.files:
-            if not _is_local(UPath(f)):
-                raise WarehouseError("the DuckDB warehouse publishes from local files only")
+    def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:
         table = f"{self.output_schema}.{request.table}"
         qtable = quote_identifier(table)
         cols = ", ".join(quote_identifier(c) for c in request.contract.names)
@@ -119,6 +119,8 @@ class DuckDBWarehouse(Warehouse):
         part = quote_identifier(request.partition_column)
         stage = f"stage_{uuid.uuid4().hex[:12]}"
         with self.connect() as con:
+            if not object_store.is_local:
+                con.register_filesystem(object_store.base.fs)
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(self.output_schema)}")
             existing = self._existing_columns(con, request.table)
             if existing is not None and existing != request.contract.names:

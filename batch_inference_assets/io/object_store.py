@@ -7,19 +7,26 @@ from pydantic import Field, PrivateAttr
 from upath import UPath
 
 
-class ObjectStore(dg.ConfigurableResource):
-    """A local folder in the embedded default, an s3:// prefix in production."""
+class ObjectStoreError(RuntimeError):
+    pass
 
-    root: str = Field(description="Local folder or URL, e.g. /data/bi or s3://bucket/prefix.")
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options (endpoint_url, key, secret, ...)."
-    )
+
+class ObjectStore(dg.ConfigurableResource):
+    """Where intermediate Parquet files and records live; subclasses say where that is."""
+
     _base: UPath | None = PrivateAttr(default=None)
+
+    def _root(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {}
 
     @property
     def base(self) -> UPath:
         if self._base is None:
-            self._base = UPath(self.root, **self.storage_options)
+            self._base = UPath(self._root(), **self.storage_options)
         return self._base
 
     def path(self, *parts: str) -> UPath:
@@ -36,3 +43,69 @@ class ObjectStore(dg.ConfigurableResource):
     @property
     def is_local(self) -> bool:
         return self.base.protocol in ("", "file", "local")
+
+    def relative(self, uri: str) -> str:
+        """`uri` relative to the store's root (e.g. to address it through a Snowflake stage)."""
+        root = str(self.base).rstrip("/") + "/"
+        if not uri.startswith(root):
+            raise ObjectStoreError(f"{uri} is not under the object store root {root}")
+        return uri[len(root) :]
+
+
+class LocalObjectStore(ObjectStore):
+    """A local folder: the embedded default."""
+
+    root: str = Field(description="Folder under which everything is written.")
+
+    def _root(self) -> str:
+        return self.root
+
+
+class S3ObjectStore(ObjectStore):
+    """An S3 bucket and prefix, through s3fs; `endpoint_url` for S3-compatible servers."""
+
+    bucket: str
+    prefix: str = Field(default="batch-inference")
+    region: str | None = None
+    endpoint_url: str | None = Field(default=None, description="e.g. a MinIO or moto server")
+    access_key_id: str | None = Field(default=None, description="Omit to use the AWS chain.")
+    secret_access_key: str | None = None
+    session_token: str | None = None
+
+    def _root(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.access_key_id:
+            options["key"] = self.access_key_id
+            options["secret"] = self.secret_access_key
+            if self.session_token:
+                options["token"] = self.session_token
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        return options
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.verify()
+
+    def verify(self) -> None:
+        """Fail fast, naming the setting to fix, when the bucket cannot be reached."""
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        try:
+            fs = self.base.fs
+            fs.invalidate_cache()
+            exists = fs.exists(self.bucket)
+        except Exception as err:  # s3fs/botocore raise many types for network and auth errors
+            raise ObjectStoreError(
+                f"cannot reach S3 bucket {self.bucket!r}{where}: {type(err).__name__}: {err}. "
+                "Check object_store.endpoint_url, region and credentials."
+            ) from err
+        if not exists:
+            raise ObjectStoreError(
+                f"S3 bucket {self.bucket!r} does not exist or is not accessible{where}. "
+                "Check object_store.bucket and the credentials' permissions."
+            )

@@ -1,5 +1,6 @@
 """The warehouse role: export a query as Parquet files; replace a table partition atomically."""
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,10 +12,33 @@ import pyarrow as pa
 from upath import UPath
 
 from batch_inference_assets.contracts import Contract
+from batch_inference_assets.io.object_store import ObjectStore
 
 
 class WarehouseError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class QueryTag:
+    """Attached to every statement (Snowflake QUERY_TAG) so cost traces back to a run."""
+
+    pipeline: str
+    partition: str
+    run_id: str
+    stage: str
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {
+                "app": "batch-inference",
+                "pipeline": self.pipeline,
+                "partition": self.partition,
+                "run_id": self.run_id,
+                "stage": self.stage,
+            },
+            separators=(",", ":"),
+        )
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,7 @@ class PublishRequest:
     mode: str
     id_columns: Sequence[str]
     score_column: str
+    tag: QueryTag
     validate: Callable[[StagedStats], None]
     """Raises to reject the staged rows; the transaction then rolls back."""
 
@@ -64,11 +89,12 @@ class Warehouse(dg.ConfigurableResource, ABC):
         *,
         max_file_bytes: int,
         row_group_rows: int,
+        tag: QueryTag,
     ) -> list[UPath]:
         """Run `sql` and write its rows as Parquet files under `destination` (emptied first)."""
 
     @abstractmethod
-    def publish(self, request: PublishRequest) -> StagedStats:
+    def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:
         """Stage the files, validate, then replace (or append to) the partition: one transaction."""
 
     @abstractmethod

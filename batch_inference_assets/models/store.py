@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 from upath import UPath
+
+from batch_inference_assets.io.object_store import ObjectStore
 
 from batch_inference_assets.models.lightgbm_model import BinaryPredictor, TrainedModel
 from batch_inference_assets.records import ModelHandle
@@ -29,15 +31,12 @@ def content_version(model_text: str) -> str:
 class ModelStore(dg.ConfigurableResource):
     """Models under `<root>/<name>/versions/<version>/` with aliases in `<root>/<name>/aliases/`."""
 
-    root: str = Field(description="Local folder or URL (s3://bucket/prefix) of the store.")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    _base: UPath | None = PrivateAttr(default=None)
+    store: ObjectStore = Field(description="Where the models live (a folder or a bucket).")
+    prefix: str = Field(default="", description="Sub-path of the store holding the models.")
 
     @property
     def base(self) -> UPath:
-        if self._base is None:
-            self._base = UPath(self.root, **self.storage_options)
-        return self._base
+        return self.store.path(self.prefix) if self.prefix else self.store.base
 
     def _version_dir(self, name: str, version: str) -> UPath:
         return self.base / name / "versions" / version
@@ -121,7 +120,7 @@ class ModelStore(dg.ConfigurableResource):
         )
 
     def read_model_text(self, handle: ModelHandle) -> str:
-        text = UPath(handle.uri, **self.storage_options).read_text()
+        text = self.store.open_path(handle.uri).read_text()
         if content_version(text) != handle.version:
             raise ModelStoreError(
                 f"model {handle.name!r} version {handle.version} changed on disk since it was "

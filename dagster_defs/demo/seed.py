@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.models.lightgbm_model import train_binary
+from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.store import ModelStore
 
 FIRST_DAY = date(2026, 10, 1)
@@ -173,7 +174,7 @@ def seed(
         label="churned",
         num_boost_round=120,
     )
-    store = ModelStore(root=str(root / "models"))
+    store = ModelStore(store=LocalObjectStore(root=str(root / "models")))
     version = store.save(
         "churn",
         trained,

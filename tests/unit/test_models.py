@@ -6,6 +6,7 @@ import pytest
 
 from batch_inference_assets.models.lightgbm_model import BinaryPredictor, TrainedModel, train_binary
 from batch_inference_assets.models.matrix import feature_matrix
+from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.store import ModelStore, ModelStoreError, content_version
 from batch_inference_assets.records import FeatureInfo
 
@@ -44,7 +45,7 @@ def test_matrix_codes_categories_and_missing_values() -> None:
 
 
 def test_store_round_trip_by_alias_and_version(tmp_path: Path, trained: TrainedModel) -> None:
-    store = ModelStore(root=str(tmp_path))
+    store = ModelStore(store=LocalObjectStore(root=str(tmp_path)))
     version = store.save("m", trained)
     assert store.resolve("m", "champion") == version
     assert store.resolve("m", version) == version
@@ -58,7 +59,7 @@ def test_store_round_trip_by_alias_and_version(tmp_path: Path, trained: TrainedM
 def test_store_refuses_unknown_refs_and_corrupt_files(
     tmp_path: Path, trained: TrainedModel
 ) -> None:
-    store = ModelStore(root=str(tmp_path))
+    store = ModelStore(store=LocalObjectStore(root=str(tmp_path)))
     version = store.save("m", trained)
     with pytest.raises(ModelStoreError, match="no version or alias 'staging'"):
         store.load("m", "staging")
