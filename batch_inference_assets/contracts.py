@@ -54,8 +54,17 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
 
 
 def quote_identifier(name: str) -> str:
-    """Quote a validated (possibly dotted) identifier for DuckDB/Snowflake."""
+    """Quote a validated (possibly dotted) identifier (DuckDB: exact, case-insensitive)."""
     return ".".join(f'"{p}"' for p in validate_identifier(name).split("."))
+
+
+def sql_identifier(name: str, dialect: str) -> str:
+    """A validated identifier as written in `dialect`.
+
+    Snowflake gets it unquoted: it folds to upper case, so the table stays queryable without
+    quotes; validation already rules out anything that would need them.
+    """
+    return validate_identifier(name) if dialect == "snowflake" else quote_identifier(name)
 
 
 @dataclass(frozen=True)
@@ -134,12 +143,15 @@ class Contract:
         )
 
     def create_table_sql(self, table: str, dialect: str) -> str:
+        return self.table_ddl(table, dialect, "CREATE TABLE IF NOT EXISTS")
+
+    def table_ddl(self, table: str, dialect: str, verb: str) -> str:
         types = SQL_TYPES[dialect]
         cols = ",\n  ".join(
-            f"{quote_identifier(c.name)} {types[c.type]}{'' if c.nullable else ' NOT NULL'}"
+            f"{sql_identifier(c.name, dialect)} {types[c.type]}{'' if c.nullable else ' NOT NULL'}"
             for c in self.columns
         )
-        return f"CREATE TABLE IF NOT EXISTS {quote_identifier(table)} (\n  {cols}\n)"
+        return f"{verb} {sql_identifier(table, dialect)} (\n  {cols}\n)"
 
     def violations(self, schema: pa.Schema) -> list[str]:
         """Human-readable reasons why an Arrow schema does not satisfy this contract."""

@@ -1,13 +1,10 @@
 """Scored shards: stream one shard's row groups through the model into one Parquet file."""
 
-import os
 import resource
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +14,7 @@ from upath import UPath
 from batch_inference_assets import stats
 from batch_inference_assets.contracts import Contract
 from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.parquet_files import place_file, temp_file_for
 from batch_inference_assets.models.lightgbm_model import BinaryPredictor
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardScore
@@ -104,19 +102,6 @@ class _ShardAccumulator:
         }
 
 
-def _local_target(path: UPath) -> tuple[Path, bool]:
-    """Where to write first: beside a local target (renamed into place), else a temp file."""
-    if path.protocol in ("", "file", "local"):
-        local = Path(path.path)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
-        os.close(fd)
-        return Path(tmp), True
-    fd, tmp = tempfile.mkstemp(suffix=".parquet")
-    os.close(fd)
-    return Path(tmp), False
-
-
 def score_shard(
     shard: Shard,
     model: ModelHandle,
@@ -129,7 +114,7 @@ def score_shard(
     target = scored_path(object_store, run.pipeline, run.partition.isoformat(), shard)
     columns = list(dict.fromkeys([*run.id_columns, *(f.name for f in model.features)]))
     acc = _ShardAccumulator(model)
-    tmp, is_local = _local_target(target)
+    tmp = temp_file_for(target)
     try:
         with pq.ParquetWriter(tmp, run.output.arrow_schema(), compression="zstd") as writer:
             for batch in iter_shard_batches(shard, columns, run.batch_rows, object_store):
@@ -137,10 +122,7 @@ def score_shard(
                 scores = predictor.predict(x)
                 acc.add(x, scores)
                 writer.write_batch(output_batch(batch, scores, model, run))
-        if is_local:
-            os.replace(tmp, target.path)
-        else:
-            target.fs.put_file(str(tmp), target.path)
+        place_file(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 
 from batch_inference_assets import build_pipeline, load_specs
-from dagster_defs.deployments import local_resources
+from dagster_defs.deployments import deployment_resources
 
 PIPELINES_DIR = Path(__file__).parent / "pipelines"
 
@@ -40,4 +40,4 @@ def build_definitions(
 def defs() -> dg.Definitions:
     # Read when Dagster loads the code location, never at import.
     root = Path(dg.EnvVar("BATCH_INFERENCE_ROOT").get_value(".data") or ".data").resolve()
-    return build_definitions(local_resources(root))
+    return build_definitions(deployment_resources(root))

@@ -1,27 +1,116 @@
-"""Resources per deployment, under the same role keys: warehouse, object_store, model_store."""
+"""Resources per deployment, under the same role keys: warehouse, object_store, model_store.
 
+Chosen by BATCH_INFERENCE_DEPLOYMENT (local | snowflake_s3) when the code location loads.
+Secrets and endpoints are `dg.EnvVar`s, resolved by Dagster when a run starts.
+"""
+
+import os
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
-from batch_inference_assets.io.object_store import LocalObjectStore
+from batch_inference_assets.io.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory
+from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
+from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.models.store import ModelStore
 
+DEPLOYMENTS = ("local", "snowflake_s3")
 DEMO_FEATURE_SCHEMA = "raw"
 DEMO_OUTPUT_SCHEMA = "predictions"
 
 
+def role_resources(
+    warehouse: Warehouse, object_store: ObjectStore, model_store: ModelStore
+) -> dict[str, Any]:
+    return {
+        "warehouse": warehouse,
+        "object_store": object_store,
+        "model_store": model_store,
+        "io_manager": RecordIOManagerFactory(object_store=object_store),
+    }
+
+
 def local_resources(root: Path) -> dict[str, Any]:
     """The embedded default: a DuckDB file and local folders under `root`."""
-    object_store = LocalObjectStore(root=str(root / "object_store"))
-    return {
-        "warehouse": DuckDBWarehouse(
+    return role_resources(
+        DuckDBWarehouse(
             database=str(root / "warehouse.duckdb"),
             schema_name=DEMO_FEATURE_SCHEMA,
             output_schema=DEMO_OUTPUT_SCHEMA,
         ),
-        "object_store": object_store,
-        "model_store": ModelStore(store=LocalObjectStore(root=str(root / "models"))),
-        "io_manager": RecordIOManagerFactory(object_store=object_store),
+        LocalObjectStore(root=str(root / "object_store")),
+        ModelStore(store=LocalObjectStore(root=str(root / "models"))),
+    )
+
+
+def _optional(name: str) -> dg.EnvVar | None:
+    """An EnvVar for a setting that may be left unset (checked when definitions load)."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def _environment() -> str:
+    env = (os.environ.get("BATCH_INFERENCE_ENV") or "dev").upper()
+    if env not in ("DEV", "PROD"):
+        raise ValueError(f"BATCH_INFERENCE_ENV must be dev or prod, not {env!r}")
+    return env
+
+
+def s3_object_store(prefix_suffix: str = "") -> S3ObjectStore:
+    prefix = os.environ.get("BATCH_INFERENCE_S3_PREFIX") or "batch-inference"
+    options: dict[str, Any] = {
+        "bucket": dg.EnvVar("BATCH_INFERENCE_S3_BUCKET"),
+        "prefix": f"{prefix}/{_environment().lower()}{prefix_suffix}",
+        "region": _optional("AWS_REGION"),
+        "endpoint_url": _optional("BATCH_INFERENCE_S3_ENDPOINT_URL"),
+        "access_key_id": _optional("AWS_ACCESS_KEY_ID"),
+        "secret_access_key": _optional("AWS_SECRET_ACCESS_KEY"),
+        "session_token": _optional("AWS_SESSION_TOKEN"),
     }
+    return S3ObjectStore(**{k: v for k, v in options.items() if v is not None})
+
+
+def snowflake_warehouse() -> SnowflakeWarehouse:
+    env = _environment()
+    options: dict[str, Any] = {
+        "account": dg.EnvVar("SNOWFLAKE_ACCOUNT"),
+        "user": dg.EnvVar("SNOWFLAKE_USER"),
+        "password": _optional("SNOWFLAKE_PASSWORD"),
+        "private_key_path": _optional("SNOWFLAKE_PRIVATE_KEY_PATH"),
+        "private_key_passphrase": _optional("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"),
+        "role": _optional("SNOWFLAKE_ROLE"),
+        "database": dg.EnvVar("SNOWFLAKE_DATABASE"),
+        # The {schema} of feature SQL: FEATURES_DEV or FEATURES_PROD unless set explicitly.
+        "schema_name": os.environ.get("SNOWFLAKE_FEATURE_SCHEMA") or f"FEATURES_{env}",
+        "output_schema": os.environ.get("SNOWFLAKE_OUTPUT_SCHEMA") or f"PREDICTIONS_{env}",
+        "export_warehouse": _optional("SNOWFLAKE_EXPORT_WAREHOUSE"),
+        "publish_warehouse": _optional("SNOWFLAKE_PUBLISH_WAREHOUSE"),
+        "host": _optional("SNOWFLAKE_HOST"),
+        "port": dg.EnvVar.int("SNOWFLAKE_PORT") if os.environ.get("SNOWFLAKE_PORT") else None,
+        "protocol": os.environ.get("SNOWFLAKE_PROTOCOL") or "https",
+        "export_via": os.environ.get("SNOWFLAKE_EXPORT_VIA") or "arrow_batches",
+        "unload_stage": _optional("SNOWFLAKE_UNLOAD_STAGE"),
+        "publish_via": os.environ.get("SNOWFLAKE_PUBLISH_VIA") or "put",
+        "publish_stage": os.environ.get("SNOWFLAKE_PUBLISH_STAGE") or "BATCH_INFERENCE_STAGE",
+    }
+    return SnowflakeWarehouse(**{k: v for k, v in options.items() if v is not None})
+
+
+def snowflake_s3_resources() -> dict[str, Any]:
+    """Production: Snowflake + S3, every setting from the environment (see the README)."""
+    return role_resources(
+        snowflake_warehouse(),
+        s3_object_store(),
+        ModelStore(store=s3_object_store("/models")),
+    )
+
+
+def deployment_resources(root: Path) -> dict[str, Any]:
+    name = os.environ.get("BATCH_INFERENCE_DEPLOYMENT") or "local"
+    if name == "local":
+        return local_resources(root)
+    if name == "snowflake_s3":
+        return snowflake_s3_resources()
+    raise ValueError(f"BATCH_INFERENCE_DEPLOYMENT must be one of {DEPLOYMENTS}, not {name!r}")

@@ -113,9 +113,7 @@ class DuckDBWarehouse(Warehouse):
     def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:
         table = f"{self.output_schema}.{request.table}"
         qtable = quote_identifier(table)
-        cols = ", ".join(quote_identifier(c) for c in request.contract.names)
-        ids = ", ".join(quote_identifier(c) for c in request.id_columns)
-        score = quote_identifier(request.score_column)
+        cols = request.column_list("duckdb")
         part = quote_identifier(request.partition_column)
         stage = f"stage_{uuid.uuid4().hex[:12]}"
         with self.connect() as con:
@@ -134,11 +132,7 @@ class DuckDBWarehouse(Warehouse):
                 con.read_parquet(list(request.files)).create_view(f"{stage}_files")
                 con.execute(f"CREATE TEMP TABLE {stage} AS SELECT {cols} FROM {stage}_files")
                 row = con.execute(
-                    f"SELECT COUNT(*), COUNT(*) - COUNT({score}), MIN({score}), MAX({score}), "
-                    f"(SELECT COUNT(*) FROM (SELECT {ids} FROM {stage} GROUP BY {ids} "
-                    "HAVING COUNT(*) > 1)), "
-                    f"COUNT(*) FILTER (WHERE {part} IS DISTINCT FROM ?) FROM {stage}",
-                    [request.partition_value],
+                    request.staged_stats_sql(stage, "duckdb"), [request.partition_value]
                 ).fetchone()
                 assert row is not None
                 stats = StagedStats(*row)

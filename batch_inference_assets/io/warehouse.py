@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 from upath import UPath
 
-from batch_inference_assets.contracts import Contract
+from batch_inference_assets.contracts import Contract, sql_identifier
 from batch_inference_assets.io.object_store import ObjectStore
 
 
@@ -66,6 +66,24 @@ class PublishRequest:
     tag: QueryTag
     validate: Callable[[StagedStats], None]
     """Raises to reject the staged rows; the transaction then rolls back."""
+
+    def staged_stats_sql(self, stage: str, dialect: str) -> str:
+        """One query over the staged rows; binds the partition value once."""
+
+        def q(name: str) -> str:
+            return sql_identifier(name, dialect)
+
+        ids = ", ".join(q(c) for c in self.id_columns)
+        score, part = q(self.score_column), q(self.partition_column)
+        return (
+            f"SELECT COUNT(*), COUNT(*) - COUNT({score}), MIN({score}), MAX({score}), "
+            f"(SELECT COUNT(*) FROM (SELECT {ids} FROM {stage} GROUP BY {ids} "
+            "HAVING COUNT(*) > 1) AS dupes), "
+            f"COALESCE(SUM(CASE WHEN {part} = ? THEN 0 ELSE 1 END), 0) FROM {stage}"
+        )
+
+    def column_list(self, dialect: str) -> str:
+        return ", ".join(sql_identifier(c, dialect) for c in self.contract.names)
 
 
 class Warehouse(dg.ConfigurableResource, ABC):

@@ -11,7 +11,6 @@ from pydantic import Field
 from upath import UPath
 
 from batch_inference_assets.io.object_store import ObjectStore
-
 from batch_inference_assets.models.lightgbm_model import BinaryPredictor, TrainedModel
 from batch_inference_assets.records import ModelHandle
 

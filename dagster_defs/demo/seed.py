@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
-from batch_inference_assets.models.lightgbm_model import train_binary
 from batch_inference_assets.io.object_store import LocalObjectStore
+from batch_inference_assets.models.lightgbm_model import train_binary
 from batch_inference_assets.models.store import ModelStore
 
 FIRST_DAY = date(2026, 10, 1)

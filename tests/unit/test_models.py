@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.lightgbm_model import BinaryPredictor, TrainedModel, train_binary
 from batch_inference_assets.models.matrix import feature_matrix
-from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.store import ModelStore, ModelStoreError, content_version
 from batch_inference_assets.records import FeatureInfo
 

@@ -1,0 +1,323 @@
+"""Snowflake as the warehouse: bulk export to Parquet, staged COPY INTO, atomic partition swap."""
+
+import contextlib
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import snowflake.connector
+from pydantic import Field
+from snowflake.connector import SnowflakeConnection
+from snowflake.connector.cursor import SnowflakeCursor
+from upath import UPath
+
+from batch_inference_assets.contracts import validate_identifier
+from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.parquet_files import RotatingParquetWriter
+from batch_inference_assets.io.warehouse import (
+    PublishRequest,
+    QueryTag,
+    StagedStats,
+    Warehouse,
+    WarehouseError,
+)
+
+_QUERY_ID = re.compile(r"^[0-9a-fA-F-]{36}$")
+_STAGE_PATH = re.compile(r"^[A-Za-z0-9_./=-]*$")
+
+
+def normalize_batch(table: pa.Table) -> pa.Table:
+    """Lower-case Snowflake's folded column names; NUMBER(p,0) -> int64, NUMBER(p,s) -> float64."""
+    fields = []
+    for f in table.schema:
+        typ = f.type
+        if pa.types.is_decimal(typ):
+            typ = pa.int64() if typ.scale == 0 else pa.float64()
+        name = f.name.lower() if f.name.isupper() else f.name
+        fields.append(pa.field(name, typ, nullable=True))
+    return table.rename_columns([f.name for f in fields]).cast(pa.schema(fields))
+
+
+def stage_path(*parts: str) -> str:
+    path = "/".join(p.strip("/") for p in parts if p)
+    if not _STAGE_PATH.match(path):
+        raise WarehouseError(f"refusing stage path {path!r}: unexpected characters")
+    return path
+
+
+def unload_sql(
+    stage: str, destination: str, query_id: str, columns: Sequence[str], max_file_bytes: int
+) -> str:
+    """COPY INTO <stage> from the result of an already-run (parameter-bound) query."""
+    if not _QUERY_ID.match(query_id):
+        raise WarehouseError(f"unexpected Snowflake query id {query_id!r}")
+    select = ", ".join(
+        f'"{c}" AS "{c.lower() if c.isupper() else c}"' for c in columns if '"' not in c
+    )
+    if len(select.split(", ")) != len(columns):
+        raise WarehouseError(f"unsupported column names in feature query: {list(columns)}")
+    return (
+        f"COPY INTO @{validate_identifier(stage, 'stage')}/{stage_path(destination)}/part "
+        f"FROM (SELECT {select} FROM TABLE(RESULT_SCAN('{query_id}'))) "
+        f"FILE_FORMAT = (TYPE = PARQUET) HEADER = TRUE MAX_FILE_SIZE = {int(max_file_bytes)} "
+        "OVERWRITE = TRUE"
+    )
+
+
+def copy_into_sql(table: str, stage: str, folder: str, files: Sequence[str] | None) -> str:
+    names = ""
+    if files is not None:
+        names = " FILES = (" + ", ".join(f"'{stage_path(f)}'" for f in files) + ")"
+    return (
+        f"COPY INTO {table} FROM @{validate_identifier(stage, 'stage')}/{stage_path(folder)}/"
+        f"{names} FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
+    )
+
+
+class SnowflakeWarehouse(Warehouse):
+    """Snowflake through snowflake-connector-python with server-side (qmark) binding."""
+
+    account: str
+    user: str
+    password: str | None = Field(default=None, description="Or private_key_path.")
+    private_key_path: str | None = Field(default=None, description="Key-pair auth (PEM file).")
+    private_key_passphrase: str | None = None
+    role: str | None = None
+    database: str
+    schema_name: str = Field(description="What {schema} in feature SQL resolves to.")
+    output_schema: str = Field(description="Schema of the published prediction tables.")
+    export_warehouse: str | None = Field(default=None, description="Runs feature queries.")
+    publish_warehouse: str | None = Field(default=None, description="Runs loads and swaps.")
+    host: str | None = Field(default=None, description="Only for private links or tests.")
+    port: int | None = None
+    protocol: str = "https"
+    export_via: Literal["arrow_batches", "unload"] = Field(
+        default="arrow_batches",
+        description="unload: COPY INTO an external stage over the object store (production);"
+        " arrow_batches: stream result batches into Parquet (no stage needed).",
+    )
+    unload_stage: str | None = Field(
+        default=None, description="External stage whose URL is the object store root."
+    )
+    publish_via: Literal["put", "external_stage"] = Field(
+        default="put",
+        description="external_stage: COPY INTO from the stage over the object store;"
+        " put: upload the scored files to an internal stage first.",
+    )
+    publish_stage: str = Field(
+        default="BATCH_INFERENCE_STAGE",
+        description="Internal stage for `put` (created if missing), or the external stage.",
+    )
+    login_timeout_seconds: int = Field(default=30, ge=1)
+    network_timeout_seconds: int = Field(default=300, ge=1)
+
+    @property
+    def dialect(self) -> str:
+        return "snowflake"
+
+    @property
+    def feature_schema(self) -> str:
+        return validate_identifier(self.schema_name, "schema_name")
+
+    def _connect_args(self, tag: QueryTag | None) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "account": self.account,
+            "user": self.user,
+            "database": self.database,
+            "paramstyle": "qmark",
+            "login_timeout": self.login_timeout_seconds,
+            "network_timeout": self.network_timeout_seconds,
+            "session_parameters": {
+                "CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False,
+                **({"QUERY_TAG": tag.as_json()} if tag else {}),
+            },
+        }
+        if self.password:
+            args["password"] = self.password
+        if self.private_key_path:
+            args["private_key_file"] = self.private_key_path
+            if self.private_key_passphrase:
+                args["private_key_file_pwd"] = self.private_key_passphrase
+        if self.role:
+            args["role"] = self.role
+        if self.host:
+            args.update(host=self.host, protocol=self.protocol)
+        if self.port:
+            args["port"] = self.port
+        return args
+
+    @contextlib.contextmanager
+    def connect(self, tag: QueryTag | None = None) -> Iterator[SnowflakeConnection]:
+        where = f" at {self.protocol}://{self.host}:{self.port}" if self.host else ""
+        try:
+            con = snowflake.connector.connect(**self._connect_args(tag))
+        except snowflake.connector.errors.Error as err:
+            raise WarehouseError(
+                f"cannot connect to Snowflake account {self.account!r} as {self.user!r}{where}: "
+                f"{err}. Check warehouse.account, user, password or private_key_path, role"
+                + (", host and port." if self.host else ".")
+            ) from err
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _qualified(self, name: str, what: str) -> str:
+        """Stages named without a schema live in the output schema."""
+        validate_identifier(name, what)
+        return name if "." in name else f"{self.output_schema}.{name}"
+
+    @staticmethod
+    def _use_warehouse(cur: SnowflakeCursor, name: str | None) -> None:
+        if name:
+            cur.execute(f"USE WAREHOUSE {validate_identifier(name, 'warehouse')}")
+
+    def export_query(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        destination: UPath,
+        *,
+        max_file_bytes: int,
+        row_group_rows: int,
+        tag: QueryTag,
+    ) -> list[UPath]:
+        if destination.exists():
+            destination.fs.rm(destination.path, recursive=True)
+        with self.connect(tag) as con:
+            cur = con.cursor()
+            try:
+                self._use_warehouse(cur, self.export_warehouse)
+                cur.execute(sql, list(params))
+                if self.export_via == "unload":
+                    return self._unload(cur, destination, max_file_bytes)
+                writer = RotatingParquetWriter(
+                    destination, max_file_bytes=max_file_bytes, row_group_rows=row_group_rows
+                )
+                for batch in cur.fetch_arrow_batches():
+                    writer.write(normalize_batch(batch))
+                return writer.close()
+            except snowflake.connector.errors.Error as err:
+                raise WarehouseError(f"feature query failed: {err}") from err
+
+    def _unload(self, cur: SnowflakeCursor, destination: UPath, max_file_bytes: int) -> list[UPath]:
+        if not self.unload_stage:
+            raise WarehouseError("export_via=unload needs warehouse.unload_stage")
+        query_id = cur.sfqid
+        columns = [d.name for d in cur.description or []]
+        if query_id is None:
+            raise WarehouseError("Snowflake returned no query id for the feature query")
+        relative = str(destination).split("://", 1)[-1]
+        stage = self._qualified(self.unload_stage, "unload_stage")
+        cur.execute(unload_sql(stage, relative, query_id, columns, max_file_bytes))
+        return sorted(destination.glob("*.parquet"), key=str)
+
+    def _existing_columns(self, cur: SnowflakeCursor, table: str) -> list[str] | None:
+        cur.execute(
+            "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS "
+            "WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            [self.output_schema.upper(), table.upper()],
+        )
+        return [str(r[0]).lower() for r in cur.fetchall()] or None
+
+    def _load_stage_table(
+        self,
+        cur: SnowflakeCursor,
+        stage_table: str,
+        files: Sequence[str],
+        object_store: ObjectStore,
+        tag: QueryTag,
+    ) -> None:
+        names = [f.rsplit("/", 1)[-1] for f in files]
+        if self.publish_via == "external_stage":
+            folders = {object_store.relative(f).rsplit("/", 1)[0] for f in files}
+            if len(folders) != 1:
+                raise WarehouseError(f"scored files span several folders: {sorted(folders)}")
+            stage = self._qualified(self.publish_stage, "publish_stage")
+            cur.execute(copy_into_sql(stage_table, stage, folders.pop(), names))
+            return
+        stage = self._qualified(self.publish_stage, "publish_stage")
+        cur.execute(f"CREATE STAGE IF NOT EXISTS {stage}")
+        folder = stage_path(tag.pipeline, tag.partition, tag.run_id)
+        local = Path(tempfile.mkdtemp(prefix="bi-publish-"))
+        try:
+            for uri in files:
+                source = object_store.open_path(uri)
+                source.fs.get_file(source.path, str(local / source.name))
+            cur.execute(
+                f"PUT 'file://{local}/*.parquet' @{stage}/{folder}/ "
+                "AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
+            )
+            # The folder is this run's own, so it holds exactly these files.
+            cur.execute(copy_into_sql(stage_table, stage, folder, None))
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:
+        schema = validate_identifier(self.output_schema, "output_schema")
+        table = f"{schema}.{validate_identifier(request.table, 'table')}"
+        stage_table = f"{schema}.BI_STAGE_{uuid.uuid4().hex[:16].upper()}"
+        cols = request.column_list("snowflake")
+        part = validate_identifier(request.partition_column)
+        with self.connect(request.tag) as con:
+            cur = con.cursor()
+            try:
+                self._use_warehouse(cur, self.publish_warehouse)
+                existing = self._existing_columns(cur, request.table)
+                if existing is not None and existing != request.contract.names:
+                    raise WarehouseError(
+                        f"table {table} exists with columns {existing}, but the spec declares "
+                        f"{request.contract.names}; migrate or rename the table"
+                    )
+                cur.execute(request.contract.create_table_sql(table, "snowflake"))
+                cur.execute(
+                    request.contract.table_ddl(stage_table, "snowflake", "CREATE TRANSIENT TABLE")
+                )
+                try:
+                    self._load_stage_table(
+                        cur, stage_table, request.files, object_store, request.tag
+                    )
+                    cur.execute(
+                        request.staged_stats_sql(stage_table, "snowflake"),
+                        [request.partition_value],
+                    )
+                    row = cur.fetchone()
+                    assert row is not None
+                    stats = StagedStats(
+                        rows=int(row[0]),
+                        null_scores=int(row[1]),
+                        min_score=None if row[2] is None else float(row[2]),
+                        max_score=None if row[3] is None else float(row[3]),
+                        duplicate_ids=int(row[4]),
+                        other_partitions=int(row[5]),
+                    )
+                    request.validate(stats)
+                    cur.execute("BEGIN")
+                    try:
+                        if request.mode == "replace_partition":
+                            cur.execute(
+                                f"DELETE FROM {table} WHERE {part} = ?", [request.partition_value]
+                            )
+                        cur.execute(
+                            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage_table}"
+                        )
+                        cur.execute("COMMIT")
+                    except BaseException:
+                        cur.execute("ROLLBACK")
+                        raise
+                finally:
+                    cur.execute(f"DROP TABLE IF EXISTS {stage_table}")
+            except snowflake.connector.errors.Error as err:
+                raise WarehouseError(f"publishing to {table} failed, rolled back: {err}") from err
+        return stats
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        with self.connect() as con:
+            cur = con.cursor()
+            cur.execute(sql, list(params))
+            return normalize_batch(cur.fetch_arrow_all() or pa.table({}))

@@ -1,0 +1,201 @@
+"""The production path over real protocols: S3 through moto, Snowflake through fakesnow."""
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+import s3fs
+
+from batch_inference_assets import PipelineSpec, build_pipeline
+from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
+from batch_inference_assets.io.object_store import S3ObjectStore
+from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
+from batch_inference_assets.io.warehouse import WarehouseError
+from batch_inference_assets.models.store import ModelStore
+from dagster_defs.deployments import DEMO_FEATURE_SCHEMA, DEMO_OUTPUT_SCHEMA, role_resources
+from tests.conftest import DAY, OTHER_DAYS, SEED_CUSTOMERS, failure_message
+from tests.servers import S3_KEY, S3_SECRET, load_into_snowflake, seeded_features
+
+STABLE = ["customer_id", "score", "label", "model_version", "partition_date"]
+
+
+def _s3(bucket: str, endpoint: str, prefix: str = "bi") -> S3ObjectStore:
+    return S3ObjectStore(
+        bucket=bucket, prefix=prefix, endpoint_url=endpoint,
+        access_key_id=S3_KEY, secret_access_key=S3_SECRET, region="us-east-1",
+    )  # fmt: skip
+
+
+def _models_on_s3(root: Path, bucket: str, endpoint: str) -> ModelStore:
+    """The seeded champion model, uploaded to the S3 model store."""
+    store = _s3(bucket, endpoint, "models")
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=S3_KEY, secret=S3_SECRET)
+    fs.put(str(root / "models") + "/", f"{bucket}/models/", recursive=True)
+    return ModelStore(store=store)
+
+
+def _run(
+    spec: PipelineSpec, resources: dict[str, Any], day: str = DAY
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        build_pipeline(spec).assets, partition_key=day, resources=resources, raise_on_error=False
+    )
+
+
+def test_graph_on_duckdb_with_s3_object_and_model_store(
+    root: Path, churn_spec: PipelineSpec, s3_bucket: str, s3_endpoint: str
+) -> None:
+    object_store = _s3(s3_bucket, s3_endpoint)
+    warehouse = DuckDBWarehouse(
+        database=str(root / "warehouse.duckdb"),
+        schema_name=DEMO_FEATURE_SCHEMA, output_schema=DEMO_OUTPUT_SCHEMA,
+    )  # fmt: skip
+    resources = role_resources(warehouse, object_store, _models_on_s3(root, s3_bucket, s3_endpoint))
+    result = _run(churn_spec, resources)
+    assert result.success, failure_message(result)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key=S3_KEY, secret=S3_SECRET)
+    assert fs.ls(f"{s3_bucket}/bi/churn/features/{DAY}")  # the export went to S3
+    scored = fs.ls(f"{s3_bucket}/bi/churn/scored/{DAY}")
+    assert len(scored) == len(result.output_for_node("churn__shard_manifest").shards) >= 2
+    assert fs.exists(f"{s3_bucket}/bi/records/churn/predictions/{DAY}.json")
+    rows = warehouse.query(
+        f"SELECT COUNT(*) AS n FROM {DEMO_OUTPUT_SCHEMA}.churn_predictions WHERE partition_date = ?",
+        [DAY],
+    )
+    assert rows.column("n")[0].as_py() == SEED_CUSTOMERS
+
+
+@pytest.fixture
+def snowflake(snowflake_server: dict[str, Any], root: Path) -> SnowflakeWarehouse:
+    """A fresh fakesnow database holding the seeded features of three days."""
+    database = f"BI_{uuid.uuid4().hex[:8].upper()}"
+    kwargs = {k: v for k, v in snowflake_server.items() if k != "network_timeout"}
+    load_into_snowflake(
+        kwargs, database, "FEATURES_DEV.CUSTOMER_FEATURES",
+        seeded_features(root / "warehouse.duckdb", [*OTHER_DAYS, DAY]),
+    )  # fmt: skip
+    warehouse = SnowflakeWarehouse(
+        account=kwargs["account"], user=kwargs["user"], password=kwargs["password"],
+        host=kwargs["host"], port=kwargs["port"], protocol=kwargs["protocol"],
+        database=database, schema_name="FEATURES_DEV", output_schema="PREDICTIONS_DEV",
+        export_warehouse="EXPORT_WH", publish_warehouse="PUBLISH_WH",
+    )  # fmt: skip
+    with warehouse.connect() as con:  # an admin creates the output schema once
+        con.cursor().execute("CREATE SCHEMA IF NOT EXISTS PREDICTIONS_DEV")
+    return warehouse
+
+
+def _predictions(warehouse: SnowflakeWarehouse, day: str | None = None) -> pa.Table:
+    where, params = ("WHERE partition_date = ?", [day]) if day else ("", [])
+    return warehouse.query(
+        f"SELECT * FROM PREDICTIONS_DEV.CHURN_PREDICTIONS {where} ORDER BY partition_date, customer_id",
+        params,
+    )
+
+
+def test_graph_on_snowflake_and_s3(
+    root: Path,
+    churn_spec: PipelineSpec,
+    snowflake: SnowflakeWarehouse,
+    s3_bucket: str,
+    s3_endpoint: str,
+) -> None:
+    resources = role_resources(
+        snowflake, _s3(s3_bucket, s3_endpoint), _models_on_s3(root, s3_bucket, s3_endpoint)
+    )
+    for day in (OTHER_DAYS[1], DAY):
+        result = _run(churn_spec, resources, day)
+        assert result.success, failure_message(result)
+    table = _predictions(snowflake)
+    assert table.column_names == [
+        "customer_id",
+        "score",
+        "label",
+        "model_version",
+        "scored_at",
+        "run_id",
+        "partition_date",
+    ]
+    assert table.num_rows == 2 * SEED_CUSTOMERS
+
+    # Row parity with the source, and the same scores as the embedded default would give.
+    source = snowflake.query(
+        "SELECT customer_id FROM FEATURES_DEV.CUSTOMER_FEATURES WHERE snapshot_date = ? ORDER BY 1",
+        [DAY],
+    )
+    first = _predictions(snowflake, DAY)
+    assert first.column("customer_id").to_pylist() == source.column("customer_id").to_pylist()
+
+    # Idempotent: re-running a day replaces exactly that day.
+    other_before = _predictions(snowflake, OTHER_DAYS[1])
+    rerun = _run(churn_spec, resources, DAY)
+    assert rerun.success, failure_message(rerun)
+    again = _predictions(snowflake, DAY)
+    assert again.select(STABLE).equals(first.select(STABLE))
+    assert set(again.column("run_id").to_pylist()) == {rerun.run_id}
+    assert _predictions(snowflake, OTHER_DAYS[1]).equals(other_before)
+
+
+def test_snowflake_gate_failure_publishes_nothing(
+    root: Path,
+    churn_spec: PipelineSpec,
+    snowflake: SnowflakeWarehouse,
+    s3_bucket: str,
+    s3_endpoint: str,
+) -> None:
+    resources = role_resources(
+        snowflake, _s3(s3_bucket, s3_endpoint), _models_on_s3(root, s3_bucket, s3_endpoint)
+    )
+    assert _run(churn_spec, resources).success
+    before = _predictions(snowflake)
+    # Duplicate a customer in the source: the blocking check stops the run before publication.
+    load_into_snowflake(
+        _kwargs(snowflake),
+        snowflake.database, "FEATURES_DEV.CUSTOMER_FEATURES",
+        pa.concat_tables([seeded_features(root / "warehouse.duckdb", [DAY])] * 2),
+    )  # fmt: skip
+    result = _run(churn_spec, resources)
+    assert not result.success
+    assert "ids_are_unique failed" in failure_message(result)
+    assert _predictions(snowflake).equals(before)
+
+
+def _kwargs(w: SnowflakeWarehouse) -> dict[str, Any]:
+    return {
+        "account": w.account, "user": w.user, "password": w.password,
+        "host": w.host, "port": w.port, "protocol": w.protocol,
+    }  # fmt: skip
+
+
+def test_wrong_snowflake_port_fails_fast_naming_the_settings(snowflake: SnowflakeWarehouse) -> None:
+    broken = snowflake.model_copy(update={"port": 9, "login_timeout_seconds": 5})
+    started = time.monotonic()
+    with pytest.raises(WarehouseError) as err:
+        broken.query("SELECT 1")
+    assert time.monotonic() - started < 30
+    message = str(err.value)
+    assert "cannot connect to Snowflake" in message and "127.0.0.1:9" in message
+    assert "host and port" in message
+
+
+def test_missing_bucket_fails_before_anything_runs(
+    root: Path, churn_spec: PipelineSpec, s3_endpoint: str, s3_bucket: str
+) -> None:
+    warehouse = DuckDBWarehouse(
+        database=str(root / "warehouse.duckdb"),
+        schema_name=DEMO_FEATURE_SCHEMA, output_schema=DEMO_OUTPUT_SCHEMA,
+    )  # fmt: skip
+    resources = role_resources(
+        warehouse, _s3("no-such-bucket", s3_endpoint), _models_on_s3(root, s3_bucket, s3_endpoint)
+    )
+    result = _run(churn_spec, resources)
+    assert not result.success
+    init_failures = [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
+    assert init_failures, "the bucket is checked when resources start, before any step runs"
+    error = init_failures[0].event_specific_data.error.to_string()
+    assert "S3 bucket 'no-such-bucket' does not exist" in error and "object_store.bucket" in error
+    assert not any(e.is_step_success for e in result.all_events)

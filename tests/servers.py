@@ -1,0 +1,73 @@
+"""Real protocol peers for tests: moto's S3 server and fakesnow's Snowflake server, on 127.0.0.1."""
+
+import contextlib
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import snowflake.connector
+from moto.server import ThreadedMotoServer
+
+S3_KEY, S3_SECRET = "testing", "testing"
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def snowflake_type(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "NUMBER(38,0)"
+    if pa.types.is_floating(t):
+        return "FLOAT"
+    if pa.types.is_date(t):
+        return "DATE"
+    return "VARCHAR"
+
+
+def load_into_snowflake(
+    conn_kwargs: dict[str, Any], database: str, table: str, data: pa.Table
+) -> None:
+    """Create `table` and load `data` the way a user's loader would: PUT + COPY INTO."""
+    con = snowflake.connector.connect(**conn_kwargs, database=database, paramstyle="qmark")
+    try:
+        cur = con.cursor()
+        schema = table.split(".")[0]
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        cols = ", ".join(f"{f.name} {snowflake_type(f.type)}" for f in data.schema)
+        cur.execute(f"CREATE OR REPLACE TABLE {table} ({cols})")
+        folder = Path(tempfile.mkdtemp())
+        pq.write_table(data, folder / "data.parquet")
+        stage = f"{schema}.LOAD_{uuid.uuid4().hex[:8]}"
+        cur.execute(f"CREATE STAGE {stage}")
+        cur.execute(f"PUT 'file://{folder}/data.parquet' @{stage}/ AUTO_COMPRESS = FALSE")
+        cur.execute(
+            f"COPY INTO {table} FROM @{stage}/ FILE_FORMAT = (TYPE = PARQUET) "
+            "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
+        )
+    finally:
+        con.close()
+
+
+def seeded_features(duckdb_file: Path, days: list[str]) -> pa.Table:
+    con = duckdb.connect(str(duckdb_file), read_only=True)
+    try:
+        return con.sql(
+            "SELECT * FROM raw.customer_features WHERE snapshot_date IN "
+            f"({', '.join('?' for _ in days)}) ORDER BY snapshot_date, customer_id",
+            params=days,
+        ).to_arrow_table()
+    finally:
+        con.close()
