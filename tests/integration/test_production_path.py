@@ -63,7 +63,8 @@ def test_graph_on_duckdb_with_s3_object_and_model_store(
     assert len(scored) == len(result.output_for_node("churn__shard_manifest").shards) >= 2
     assert fs.exists(f"{s3_bucket}/bi/records/churn/predictions/{DAY}.json")
     rows = warehouse.query(
-        f"SELECT COUNT(*) AS n FROM {DEMO_OUTPUT_SCHEMA}.churn_predictions WHERE partition_date = ?",
+        f"SELECT COUNT(*) AS n FROM {DEMO_OUTPUT_SCHEMA}.churn_predictions "
+        "WHERE partition_date = ?",
         [DAY],
     )
     assert rows.column("n")[0].as_py() == SEED_CUSTOMERS
@@ -92,7 +93,8 @@ def snowflake(snowflake_server: dict[str, Any], root: Path) -> SnowflakeWarehous
 def _predictions(warehouse: SnowflakeWarehouse, day: str | None = None) -> pa.Table:
     where, params = ("WHERE partition_date = ?", [day]) if day else ("", [])
     return warehouse.query(
-        f"SELECT * FROM PREDICTIONS_DEV.CHURN_PREDICTIONS {where} ORDER BY partition_date, customer_id",
+        f"SELECT * FROM PREDICTIONS_DEV.CHURN_PREDICTIONS {where} "
+        "ORDER BY partition_date, customer_id",
         params,
     )
 
