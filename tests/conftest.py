@@ -1,6 +1,9 @@
 """Shared fixtures: a small seeded demo warehouse and model, copied fresh for each test."""
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,22 @@ def read_table(
     return warehouse.query(
         f"SELECT * FROM {TABLE} {where} ORDER BY partition_date, customer_id", list(params)
     )
+
+
+def materialize_cli(
+    select: str, partition: str, home: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`dagster asset materialize` in a fresh process: the default (multiprocess) executor."""
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    cmd = [
+        sys.executable, "-m", "dagster", "asset", "materialize",
+        "-m", "dagster_defs.definitions", "--select", select, "--partition", partition,
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd, env={**os.environ, "DAGSTER_HOME": str(home), **env},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:

@@ -17,7 +17,7 @@ from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
 from batch_inference_assets.io.warehouse import WarehouseError
 from batch_inference_assets.models.store import ModelStore
 from dagster_defs.deployments import DEMO_FEATURE_SCHEMA, DEMO_OUTPUT_SCHEMA, role_resources
-from tests.conftest import DAY, OTHER_DAYS, SEED_CUSTOMERS, failure_message
+from tests.conftest import DAY, OTHER_DAYS, SEED_CUSTOMERS, failure_message, materialize_cli
 from tests.servers import S3_KEY, S3_SECRET, load_into_snowflake, seeded_features
 
 STABLE = ["customer_id", "score", "label", "model_version", "partition_date"]
@@ -201,3 +201,41 @@ def test_missing_bucket_fails_before_anything_runs(
     error = init_failures[0].event_specific_data.error.to_string()
     assert "S3 bucket 'no-such-bucket' does not exist" in error and "object_store.bucket" in error
     assert not any(e.is_step_success for e in result.all_events)
+
+
+@pytest.mark.slow
+def test_cli_on_snowflake_and_s3_with_the_multiprocess_executor(
+    root: Path, snowflake: SnowflakeWarehouse, s3_bucket: str, s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The snowflake_s3 deployment, configured only through environment variables."""
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key=S3_KEY, secret=S3_SECRET)
+    fs.put(str(root / "models") + "/", f"{s3_bucket}/batch-inference/dev/models/", recursive=True)
+    env = {
+        "BATCH_INFERENCE_DEPLOYMENT": "snowflake_s3",
+        "BATCH_INFERENCE_ENV": "dev",
+        "SNOWFLAKE_ACCOUNT": snowflake.account,
+        "SNOWFLAKE_USER": snowflake.user,
+        "SNOWFLAKE_PASSWORD": snowflake.password or "",
+        "SNOWFLAKE_DATABASE": snowflake.database,
+        "SNOWFLAKE_HOST": snowflake.host or "",
+        "SNOWFLAKE_PORT": str(snowflake.port),
+        "SNOWFLAKE_PROTOCOL": snowflake.protocol,
+        "SNOWFLAKE_EXPORT_WAREHOUSE": "EXPORT_WH",
+        "SNOWFLAKE_PUBLISH_WAREHOUSE": "PUBLISH_WH",
+        "BATCH_INFERENCE_S3_BUCKET": s3_bucket,
+        "BATCH_INFERENCE_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_REGION": "us-east-1",
+    }
+    for _ in range(2):  # the second run must replace, not duplicate
+        done = materialize_cli("key:churn/*", DAY, tmp_path / "home", env)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        log = done.stdout + done.stderr
+        assert "Executing steps using multiprocess executor" in log
+        assert "churn__scored_shards.churn__score_shard[shard_00001]" in log
+    table = _predictions(snowflake, DAY)
+    assert table.num_rows == SEED_CUSTOMERS
+    assert len(set(table.column("customer_id").to_pylist())) == SEED_CUSTOMERS
+    assert len(set(table.column("run_id").to_pylist())) == 1
+    assert fs.ls(f"{s3_bucket}/batch-inference/dev/churn/scored/{DAY}")

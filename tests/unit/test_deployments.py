@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
+from batch_inference_assets.io.object_store import S3ObjectStore
+from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
+from dagster_defs.deployments import deployment_resources
+
+
+def test_local_is_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("BATCH_INFERENCE_DEPLOYMENT", raising=False)
+    resources = deployment_resources(tmp_path)
+    assert isinstance(resources["warehouse"], DuckDBWarehouse)
+    assert set(resources) == {"warehouse", "object_store", "model_store", "io_manager"}
+
+
+def test_snowflake_s3_takes_secrets_as_env_vars(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BATCH_INFERENCE_DEPLOYMENT", "snowflake_s3")
+    monkeypatch.setenv("BATCH_INFERENCE_ENV", "prod")
+    monkeypatch.setenv("SNOWFLAKE_PASSWORD", "secret")
+    monkeypatch.delenv("SNOWFLAKE_FEATURE_SCHEMA", raising=False)
+    monkeypatch.delenv("SNOWFLAKE_HOST", raising=False)
+    resources = deployment_resources(tmp_path)
+    warehouse, store = resources["warehouse"], resources["object_store"]
+    assert isinstance(warehouse, SnowflakeWarehouse) and isinstance(store, S3ObjectStore)
+    # Secrets stay EnvVar references, resolved when a run starts, never copied at load.
+    assert isinstance(warehouse._get_non_default_public_field_values()["password"], dg.EnvVar)
+    assert (
+        warehouse.schema_name == "FEATURES_PROD" and warehouse.output_schema == "PREDICTIONS_PROD"
+    )
+    assert store.prefix == "batch-inference/prod"
+
+
+def test_unknown_deployment_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BATCH_INFERENCE_DEPLOYMENT", "bigquery")
+    with pytest.raises(ValueError, match="must be one of"):
+        deployment_resources(tmp_path)
