@@ -60,12 +60,13 @@ def export_features(
 ) -> FeatureExport:
     partition = day.isoformat()
     sql, params = render_query(spec, warehouse.feature_schema, day, window)
-    destination = object_store.path(spec.name, "features", partition)
+    folder = f"{spec.name}/features/{partition}"
     started = time.perf_counter()
     paths = warehouse.export_query(
         sql,
         params,
-        destination,
+        object_store,
+        folder,
         max_file_bytes=MAX_EXPORT_FILE_BYTES,
         row_group_rows=row_group_rows(spec),
         tag=QueryTag(spec.name, partition, run_id, "source_features"),

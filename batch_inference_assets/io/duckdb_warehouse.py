@@ -16,6 +16,7 @@ from upath import UPath
 
 from batch_inference_assets.contracts import quote_identifier, validate_identifier
 from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.parquet_files import is_local, place_file
 from batch_inference_assets.io.warehouse import (
     PublishRequest,
     QueryTag,
@@ -25,10 +26,6 @@ from batch_inference_assets.io.warehouse import (
 )
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
-
-
-def _is_local(path: UPath) -> bool:
-    return path.protocol in ("", "file", "local")
 
 
 class DuckDBWarehouse(Warehouse):
@@ -70,37 +67,40 @@ class DuckDBWarehouse(Warehouse):
         self,
         sql: str,
         params: Sequence[Any],
-        destination: UPath,
+        object_store: ObjectStore,
+        folder: str,
         *,
         max_file_bytes: int,
         row_group_rows: int,
         tag: QueryTag,
     ) -> list[UPath]:
-        if destination.exists():
-            destination.fs.rm(destination.path, recursive=True)
-        staging = Path(destination.path) if _is_local(destination) else Path(tempfile.mkdtemp())
+        destination = object_store.path(folder)
+        object_store.remove_tree(destination)
+        local = is_local(destination)
+        # DuckDB writes a local folder directly; for a remote store, a temp folder then upload.
+        staging = Path(destination.path) if local else Path(tempfile.mkdtemp(prefix="bi-export-"))
         staging.parent.mkdir(parents=True, exist_ok=True)
+        target = str(staging).replace("'", "''")
         copy = (
-            f"COPY ({sql}) TO '{staging}' (FORMAT parquet, COMPRESSION zstd, "
+            f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd, "
             f"ROW_GROUP_SIZE {int(row_group_rows)}, FILE_SIZE_BYTES {int(max_file_bytes)}, "
             "FILENAME_PATTERN 'part_{i}')"
         )
         try:
-            with self.connect() as con:
-                con.execute(copy, list(params))
-        except duckdb.Error as err:
-            raise WarehouseError(f"feature query failed: {err}") from err
-        files = sorted(staging.glob("*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
-        if _is_local(destination):
-            return [UPath(str(f)) for f in files]
-        destination.mkdir(parents=True, exist_ok=True)
-        uploaded = []
-        for f in files:
-            target = destination / f.name
-            target.fs.put_file(str(f), target.path)
-            uploaded.append(target)
-        shutil.rmtree(staging, ignore_errors=True)
-        return uploaded
+            try:
+                with self.connect() as con:
+                    con.execute(copy, list(params))
+            except duckdb.Error as err:
+                raise WarehouseError(f"feature query failed: {err}") from err
+            files = sorted(staging.glob("*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
+            if local:
+                return [UPath(str(f)) for f in files]
+            for f in files:
+                place_file(f, destination / f.name)
+            return [destination / f.name for f in files]
+        finally:
+            if not local:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _existing_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
         rows = con.execute(

@@ -181,21 +181,23 @@ class SnowflakeWarehouse(Warehouse):
         self,
         sql: str,
         params: Sequence[Any],
-        destination: UPath,
+        object_store: ObjectStore,
+        folder: str,
         *,
         max_file_bytes: int,
         row_group_rows: int,
         tag: QueryTag,
     ) -> list[UPath]:
-        if destination.exists():
-            destination.fs.rm(destination.path, recursive=True)
+        destination = object_store.path(folder)
+        object_store.remove_tree(destination)
         with self.connect(tag) as con:
             cur = con.cursor()
             try:
                 self._use_warehouse(cur, self.export_warehouse)
                 cur.execute(sql, list(params))
                 if self.export_via == "unload":
-                    return self._unload(cur, destination, max_file_bytes)
+                    self._unload(cur, folder, max_file_bytes)
+                    return sorted(destination.glob("*.parquet"), key=str)
                 writer = RotatingParquetWriter(
                     destination, max_file_bytes=max_file_bytes, row_group_rows=row_group_rows
                 )
@@ -205,17 +207,16 @@ class SnowflakeWarehouse(Warehouse):
             except snowflake.connector.errors.Error as err:
                 raise WarehouseError(f"feature query failed: {err}") from err
 
-    def _unload(self, cur: SnowflakeCursor, destination: UPath, max_file_bytes: int) -> list[UPath]:
+    def _unload(self, cur: SnowflakeCursor, folder: str, max_file_bytes: int) -> None:
+        """Snowflake writes the files itself, through a stage whose URL is the store's root."""
         if not self.unload_stage:
             raise WarehouseError("export_via=unload needs warehouse.unload_stage")
         query_id = cur.sfqid
         columns = [d.name for d in cur.description or []]
         if query_id is None:
             raise WarehouseError("Snowflake returned no query id for the feature query")
-        relative = str(destination).split("://", 1)[-1]
         stage = self._qualified(self.unload_stage, "unload_stage")
-        cur.execute(unload_sql(stage, relative, query_id, columns, max_file_bytes))
-        return sorted(destination.glob("*.parquet"), key=str)
+        cur.execute(unload_sql(stage, folder, query_id, columns, max_file_bytes))
 
     def _existing_columns(self, cur: SnowflakeCursor, table: str) -> list[str] | None:
         cur.execute(

@@ -103,13 +103,14 @@ class Warehouse(dg.ConfigurableResource, ABC):
         self,
         sql: str,
         params: Sequence[Any],
-        destination: UPath,
+        object_store: ObjectStore,
+        folder: str,
         *,
         max_file_bytes: int,
         row_group_rows: int,
         tag: QueryTag,
     ) -> list[UPath]:
-        """Run `sql` and write its rows as Parquet files under `destination` (emptied first)."""
+        """Run `sql`; write its rows as Parquet files in the store's `folder` (emptied first)."""
 
     @abstractmethod
     def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:

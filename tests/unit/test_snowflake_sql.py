@@ -20,10 +20,10 @@ QID = "01b2c3d4-0000-1111-2222-333344445555"
 
 
 def test_unload_reads_the_bound_query_result_and_lowercases_columns() -> None:
-    sql = unload_sql("OPS.BI_UNLOAD", "bucket/bi/churn/features/2026-10-15", QID,
+    sql = unload_sql("OPS.BI_UNLOAD", "churn/features/2026-10-15", QID,
                      ["CUSTOMER_ID", "TENURE", "mixedCase"], 128 * 2**20)  # fmt: skip
     assert sql == (
-        "COPY INTO @OPS.BI_UNLOAD/bucket/bi/churn/features/2026-10-15/part FROM (SELECT "
+        "COPY INTO @OPS.BI_UNLOAD/churn/features/2026-10-15/part FROM (SELECT "
         '"CUSTOMER_ID" AS "customer_id", "TENURE" AS "tenure", "mixedCase" AS "mixedCase" '
         f"FROM TABLE(RESULT_SCAN('{QID}'))) FILE_FORMAT = (TYPE = PARQUET) HEADER = TRUE "
         "MAX_FILE_SIZE = 134217728 OVERWRITE = TRUE"
