@@ -95,17 +95,22 @@ class S3ObjectStore(ObjectStore):
     def verify(self) -> None:
         """Fail fast, naming the setting to fix, when the bucket cannot be reached."""
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        fs = self.base.fs
+        fs.invalidate_cache()
         try:
-            fs = self.base.fs
-            fs.invalidate_cache()
-            exists = fs.exists(self.bucket)
-        except Exception as err:  # s3fs/botocore raise many types for network and auth errors
+            fs.info(self.bucket)  # HEAD bucket: tells missing (404) from forbidden (403)
+        except FileNotFoundError as err:
+            raise ObjectStoreError(
+                f"S3 bucket {self.bucket!r} does not exist{where}. Check object_store.bucket."
+            ) from err
+        except PermissionError as err:
+            raise ObjectStoreError(
+                f"S3 refused access to bucket {self.bucket!r}{where}: {err}. Check "
+                "object_store.access_key_id and secret_access_key (or the instance role) and "
+                "that they may list the bucket."
+            ) from err
+        except Exception as err:  # botocore/aiohttp raise many types for network failures
             raise ObjectStoreError(
                 f"cannot reach S3 bucket {self.bucket!r}{where}: {type(err).__name__}: {err}. "
-                "Check object_store.endpoint_url, region and credentials."
+                "Check object_store.endpoint_url and region."
             ) from err
-        if not exists:
-            raise ObjectStoreError(
-                f"S3 bucket {self.bucket!r} does not exist or is not accessible{where}. "
-                "Check object_store.bucket and the credentials' permissions."
-            )

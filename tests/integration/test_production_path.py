@@ -12,13 +12,20 @@ import s3fs
 
 from batch_inference_assets import PipelineSpec, build_pipeline
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
-from batch_inference_assets.io.object_store import S3ObjectStore
+from batch_inference_assets.io.object_store import ObjectStoreError, S3ObjectStore
 from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
 from batch_inference_assets.io.warehouse import WarehouseError
 from batch_inference_assets.models.store import ModelStore
 from dagster_defs.deployments import DEMO_FEATURE_SCHEMA, DEMO_OUTPUT_SCHEMA, role_resources
 from tests.conftest import DAY, OTHER_DAYS, SEED_CUSTOMERS, failure_message, materialize_cli
-from tests.servers import S3_KEY, S3_SECRET, load_into_snowflake, seeded_features
+from tests.servers import (
+    S3_KEY,
+    S3_SECRET,
+    load_into_snowflake,
+    moto_s3_with_auth,
+    seeded_features,
+    snowflake_login_refused,
+)
 
 STABLE = ["customer_id", "score", "label", "model_version", "partition_date"]
 
@@ -166,6 +173,11 @@ def test_snowflake_gate_failure_publishes_nothing(
     assert _predictions(snowflake).equals(before)
 
 
+def _rebuilt(w: SnowflakeWarehouse, **changes: Any) -> SnowflakeWarehouse:
+    """A new resource (Dagster configures runs from constructor values, not model_copy)."""
+    return SnowflakeWarehouse(**{**w.model_dump(), **changes})
+
+
 def _kwargs(w: SnowflakeWarehouse) -> dict[str, Any]:
     return {
         "account": w.account, "user": w.user, "password": w.password,
@@ -174,7 +186,7 @@ def _kwargs(w: SnowflakeWarehouse) -> dict[str, Any]:
 
 
 def test_wrong_snowflake_port_fails_fast_naming_the_settings(snowflake: SnowflakeWarehouse) -> None:
-    broken = snowflake.model_copy(update={"port": 9, "login_timeout_seconds": 5})
+    broken = _rebuilt(snowflake, port=9, login_timeout_seconds=5)
     started = time.monotonic()
     with pytest.raises(WarehouseError) as err:
         broken.query("SELECT 1")
@@ -239,3 +251,52 @@ def test_cli_on_snowflake_and_s3_with_the_multiprocess_executor(
     assert len(set(table.column("customer_id").to_pylist())) == SEED_CUSTOMERS
     assert len(set(table.column("run_id").to_pylist())) == 1
     assert fs.ls(f"{s3_bucket}/batch-inference/dev/churn/scored/{DAY}")
+
+
+def test_bad_snowflake_credentials_name_the_settings() -> None:
+    with snowflake_login_refused() as port:
+        warehouse = _warehouse_at(port, password="wrong")
+        with pytest.raises(WarehouseError) as err:
+            warehouse.query("SELECT 1")
+    message = str(err.value)
+    assert "Incorrect username or password" in message
+    assert "account 'acme'" in message and "password or private_key_path" in message
+
+
+def _warehouse_at(port: int, **kw: Any) -> SnowflakeWarehouse:
+    return SnowflakeWarehouse(
+        account="acme", user="bi", host="127.0.0.1", port=port, protocol="http",
+        database="ML", schema_name="FEATURES_DEV", output_schema="PREDICTIONS_DEV",
+        login_timeout_seconds=5, **kw,
+    )  # fmt: skip
+
+
+def test_bad_s3_credentials_name_the_settings(s3_endpoint: str) -> None:
+    with moto_s3_with_auth() as url:
+        store = S3ObjectStore(
+            bucket="any", endpoint_url=url, access_key_id="bad", secret_access_key="bad"
+        )
+        with pytest.raises(ObjectStoreError) as err:
+            store.verify()
+    assert "S3 refused access to bucket 'any'" in str(err.value)
+    assert "object_store.access_key_id" in str(err.value)
+
+
+def test_unreachable_warehouse_publishes_nothing(
+    root: Path,
+    churn_spec: PipelineSpec,
+    snowflake: SnowflakeWarehouse,
+    s3_bucket: str,
+    s3_endpoint: str,
+) -> None:
+    models = _models_on_s3(root, s3_bucket, s3_endpoint)
+    good = role_resources(snowflake, _s3(s3_bucket, s3_endpoint), models)
+    assert _run(churn_spec, good).success
+    before = _predictions(snowflake)
+    broken = _rebuilt(snowflake, port=9, login_timeout_seconds=3)
+    result = _run(churn_spec, role_resources(broken, _s3(s3_bucket, s3_endpoint), models))
+    assert not result.success
+    message = failure_message(result)
+    assert "pipeline 'churn', partition 2026-10-15, source_features" in message
+    assert "cannot connect to Snowflake" in message
+    assert _predictions(snowflake).equals(before)
