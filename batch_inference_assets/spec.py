@@ -120,6 +120,55 @@ class CheckThresholds(_Strict):
         return self
 
 
+class ScheduleSpec(_Strict):
+    """Score `days_back` days before each tick (default: yesterday, at 02:00 UTC)."""
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    days_back: int = Field(default=1, ge=0)
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_is_valid(cls, v: str) -> str:
+        import dagster as dg
+
+        try:
+            dg.ScheduleDefinition(name="validate", cron_schedule=v, job_name="validate")
+        except Exception as err:  # Dagster raises its own invariant errors for bad crons
+            raise ValueError(f"invalid cron {v!r}: {err}") from err
+        return v
+
+
+class LandingSpec(_Strict):
+    """When a day's source data has landed: `sql` returns its row count for :partition_date."""
+
+    sql: str
+    min_rows: int = Field(default=1, ge=1)
+    lookback_days: int = Field(default=7, ge=1, le=366)
+    interval_seconds: int = Field(default=300, ge=10)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _template_is_valid(self) -> "LandingSpec":
+        SqlTemplate.parse(self.sql).check_parameters(set())
+        return self
+
+
+class RetrySpec(_Strict):
+    max_retries: int = Field(default=3, ge=0, le=20)
+    delay_seconds: float = Field(default=5.0, ge=0)
+
+
+class TimeoutSpec(_Strict):
+    shard_seconds: float = Field(default=1800.0, gt=0)
+    run_seconds: int = Field(default=6 * 3600, gt=0)
+
+
+class LimitSpec(_Strict):
+    max_rows: int | None = Field(default=None, gt=0, description="Fail before scoring above.")
+
+
 class PipelineSpec(_Strict):
     name: str
     description: str = ""
@@ -131,6 +180,11 @@ class PipelineSpec(_Strict):
     output: OutputTable
     sharding: Sharding = Sharding()
     checks: CheckThresholds = CheckThresholds()
+    schedule: ScheduleSpec = ScheduleSpec()
+    landing: LandingSpec | None = None
+    retries: RetrySpec = RetrySpec()
+    timeouts: TimeoutSpec = TimeoutSpec()
+    limits: LimitSpec = LimitSpec()
 
     @field_validator("name")
     @classmethod

@@ -6,6 +6,12 @@ from typing import Any
 import dagster as dg
 
 from batch_inference_assets import build_pipeline, load_specs
+from batch_inference_assets.alerts import (
+    build_check_alert_sensor,
+    build_run_failure_alert_sensor,
+)
+from batch_inference_assets.automation import build_landing_sensor, build_schedule
+from batch_inference_assets.retention import build_retention_job
 from dagster_defs.deployments import deployment_resources
 
 PIPELINES_DIR = Path(__file__).parent / "pipelines"
@@ -28,9 +34,17 @@ def build_definitions(
     executor: dg.ExecutorDefinition | None = EXECUTOR,
 ) -> dg.Definitions:
     pipelines = [build_pipeline(spec) for spec in load_specs(pipelines_dir)]
+    retention_job, retention_schedule = build_retention_job([p.spec.name for p in pipelines])
+    landing_sensors = [s for s in (build_landing_sensor(p) for p in pipelines) if s is not None]
     return dg.Definitions(
         assets=[a for p in pipelines for a in p.assets],
-        jobs=[p.job for p in pipelines],
+        jobs=[*(p.job for p in pipelines), retention_job],
+        schedules=[*(build_schedule(p) for p in pipelines), retention_schedule],
+        sensors=[
+            *landing_sensors,
+            build_check_alert_sensor(pipelines),
+            build_run_failure_alert_sensor(),
+        ],
         resources=resources,
         executor=executor,
     )

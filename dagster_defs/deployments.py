@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 
+from batch_inference_assets.alerts import Alerter
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory
@@ -30,7 +31,17 @@ def role_resources(
         "object_store": object_store,
         "model_store": model_store,
         "io_manager": RecordIOManagerFactory(object_store=object_store),
+        "alerter": alerter(),
     }
+
+
+def alerter() -> Alerter:
+    """Alerts go to BATCH_INFERENCE_ALERT_WEBHOOK_URL when set; they are always logged."""
+    options = {
+        "webhook_url": _optional("BATCH_INFERENCE_ALERT_WEBHOOK_URL"),
+        "ui_base_url": os.environ.get("DAGSTER_UI_URL") or "http://127.0.0.1:3000",
+    }
+    return Alerter(**{k: v for k, v in options.items() if v is not None})
 
 
 def local_resources(root: Path) -> dict[str, Any]:

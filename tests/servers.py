@@ -138,3 +138,30 @@ def snowflake_login_refused() -> Iterator[int]:
         yield server.server_port
     finally:
         server.shutdown()
+
+
+@contextlib.contextmanager
+def webhook_recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local HTTP endpoint that records every JSON body POSTed to it."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hooks/alerts", received
+    finally:
+        server.shutdown()

@@ -13,7 +13,7 @@ def test_local_is_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("BATCH_INFERENCE_DEPLOYMENT", raising=False)
     resources = deployment_resources(tmp_path)
     assert isinstance(resources["warehouse"], DuckDBWarehouse)
-    assert set(resources) == {"warehouse", "object_store", "model_store", "io_manager"}
+    assert set(resources) == {"warehouse", "object_store", "model_store", "io_manager", "alerter"}
 
 
 def test_snowflake_s3_takes_secrets_as_env_vars(

@@ -1,0 +1,152 @@
+"""Alerts: failed asset checks (any severity) and failed runs, posted once each to a webhook."""
+
+import json
+import logging
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from batch_inference_assets.factory import Pipeline
+
+logger = logging.getLogger("batch_inference.alerts")
+
+
+class Alerter(dg.ConfigurableResource):
+    """Posts JSON to a Slack-compatible webhook (if set) and always logs the alert."""
+
+    webhook_url: str | None = Field(default=None, description="Incoming-webhook URL.")
+    ui_base_url: str = Field(default="http://127.0.0.1:3000", description="For run links.")
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_base_url.rstrip('/')}/runs/{run_id}"
+
+    def send(self, payload: dict[str, Any]) -> None:
+        body = {"text": payload["summary"], **payload}
+        logger.warning("alert: %s", json.dumps(body))
+        if not self.webhook_url:
+            return
+        request = urllib.request.Request(
+            self.webhook_url,
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"webhook answered HTTP {response.status}")
+
+
+def check_failure_payload(record: Any, alerter: Alerter) -> dict[str, Any]:
+    """The alert for one failed check execution record from Dagster's check history."""
+    evaluation = record.event.dagster_event.event_specific_data if record.event else None
+    key = record.key
+    pipeline = key.asset_key.path[0]
+    severity = evaluation.severity.value if evaluation else "ERROR"
+    message = (evaluation.description if evaluation else None) or "check failed"
+    return {
+        "kind": "asset_check_failed",
+        "summary": (
+            f"[{pipeline}] {record.partition or '-'}: check {key.name} on "
+            f"{key.asset_key.to_user_string()} failed ({severity}): {message}"
+        ),
+        "pipeline": pipeline,
+        "partition": record.partition,
+        "asset": key.asset_key.to_user_string(),
+        "check": key.name,
+        "severity": severity,
+        "message": message,
+        "run_id": record.run_id,
+        "run_url": alerter.run_url(record.run_id),
+    }
+
+
+def build_check_alert_sensor(
+    pipelines: Sequence[Pipeline], interval_seconds: int = 60
+) -> dg.SensorDefinition:
+    """Reads check history (WARN failures do not fail runs, so run sensors miss them).
+
+    The cursor is the newest alerted record id per check; it advances after each delivered
+    alert, so a webhook outage delays alerts without repeating the ones already sent.
+    """
+    check_keys = [k for p in pipelines for a in p.assets for k in a.check_keys]
+
+    @dg.sensor(
+        name="asset_check_failure_alerts",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Alerts once for every failed asset check, WARN or ERROR.",
+    )
+    def sensor(context: dg.SensorEvaluationContext, alerter: Alerter) -> dg.SkipReason:
+        cursor: dict[str, int] = json.loads(context.cursor or "{}")
+        storage = context.instance.event_log_storage
+        sent = 0
+        try:
+            for key in check_keys:
+                last = cursor.get(key.to_user_string(), -1)
+                records = storage.get_asset_check_execution_history(
+                    key,
+                    limit=1000,
+                    status={dg.AssetCheckExecutionRecordStatus.FAILED},
+                )
+                for record in sorted((r for r in records if r.id > last), key=lambda r: r.id):
+                    alerter.send(check_failure_payload(record, alerter))
+                    sent += 1
+                    cursor[key.to_user_string()] = record.id
+        except OSError as err:
+            # The webhook is down: keep the cursor of what was delivered (a raising tick would
+            # drop it and repeat those alerts), say so loudly, and retry the rest next tick.
+            context.log.error(f"alert delivery failed after {sent} alert(s), will retry: {err}")
+            context.update_cursor(json.dumps(cursor, sort_keys=True))
+            return dg.SkipReason(f"alert delivery failed after {sent} alert(s): {err}")
+        context.update_cursor(json.dumps(cursor, sort_keys=True))
+        return dg.SkipReason(f"sent {sent} alert(s)")
+
+    return sensor
+
+
+def step_failure_message(event: dg.DagsterEvent) -> str:
+    """Our failures' own description (pipeline, partition, cause), else the error text."""
+    data = event.step_failure_data
+    if data.user_failure_data and data.user_failure_data.description:
+        return data.user_failure_data.description
+    return data.error.message.strip() if data.error else "step failed"
+
+
+def build_run_failure_alert_sensor() -> dg.SensorDefinition:
+    # Every job of the code location: UI and CLI materializations run as __ASSET_JOB.
+    @dg.run_failure_sensor(
+        name="run_failure_alerts",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Alerts once for every failed pipeline run.",
+    )
+    def sensor(context: dg.RunFailureSensorContext, alerter: Alerter) -> None:
+        run = context.dagster_run
+        steps = [e.step_key for e in context.get_step_failure_events() if e.step_key]
+        failures = context.get_step_failure_events()
+        message = (
+            step_failure_message(failures[0])
+            if failures
+            else (context.failure_event.message or "run failed")
+        )
+        pipelines = sorted({s.split("__", 1)[0] for s in steps if "__" in s})
+        pipeline = ", ".join(pipelines) or run.job_name
+        partition = run.tags.get("dagster/partition")
+        alerter.send(
+            {
+                "kind": "run_failed",
+                "summary": f"[{pipeline}] {partition or '-'}: run failed in {steps or 'run'}: "
+                f"{message}",
+                "pipeline": pipeline,
+                "partition": partition,
+                "steps": steps,
+                "message": message,
+                "run_id": run.run_id,
+                "run_url": alerter.run_url(run.run_id),
+            }
+        )
+
+    return sensor

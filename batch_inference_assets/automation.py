@@ -1,0 +1,102 @@
+"""Automation per pipeline: a cron schedule for the previous day, and a landing sensor."""
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from batch_inference_assets.factory import Pipeline
+from batch_inference_assets.io.warehouse import Warehouse
+from batch_inference_assets.sql import SqlTemplate
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition:
+    spec, sched = pipeline.spec, pipeline.spec.schedule
+
+    @dg.schedule(
+        name=f"{spec.name}_daily_schedule",
+        cron_schedule=sched.cron,
+        execution_timezone=sched.timezone,
+        job=pipeline.job,
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING if sched.enabled else dg.DefaultScheduleStatus.STOPPED
+        ),
+        description=f"Scores the day {sched.days_back} day(s) before each tick of '{sched.cron}'.",
+    )
+    def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        tick = context.scheduled_execution_time.astimezone(ZoneInfo(sched.timezone))
+        day = (tick - timedelta(days=sched.days_back)).date()
+        if day < spec.start_date:
+            return dg.SkipReason(f"{day} is before the pipeline's start date {spec.start_date}")
+        return dg.RunRequest(
+            run_key=f"{spec.name}:{day.isoformat()}",
+            partition_key=day.isoformat(),
+            tags={"trigger": "schedule"},
+        )
+
+    return schedule
+
+
+def landing_window(today: date, lookback_days: int, first: date) -> list[date]:
+    """The days the sensor looks at: the last `lookback_days` complete days, oldest first."""
+    days = [today - timedelta(days=n) for n in range(lookback_days, 0, -1)]
+    return [d for d in days if d >= first]
+
+
+def build_landing_sensor(pipeline: Pipeline, clock: Clock = _utc_now) -> dg.SensorDefinition | None:
+    """Requests each day's run once its source rows exist; late days still fire once.
+
+    The cursor holds the days already requested within the window, so a restart (or a
+    re-deploy) fires nothing twice; run keys make Dagster deduplicate as well.
+    """
+    spec, landing = pipeline.spec, pipeline.spec.landing
+    if landing is None:
+        return None
+    template = SqlTemplate.parse(landing.sql)
+    tz = ZoneInfo(spec.timezone)
+
+    @dg.sensor(
+        name=f"{spec.name}_landing_sensor",
+        job=pipeline.job,
+        minimum_interval_seconds=landing.interval_seconds,
+        default_status=(
+            dg.DefaultSensorStatus.RUNNING if landing.enabled else dg.DefaultSensorStatus.STOPPED
+        ),
+        description=f"Runs a day of {spec.name} when at least {landing.min_rows} rows landed.",
+    )
+    def sensor(
+        context: dg.SensorEvaluationContext, warehouse: Warehouse
+    ) -> Iterator[dg.RunRequest | dg.SkipReason]:
+        today = clock().astimezone(tz).date()
+        window = landing_window(today, landing.lookback_days, spec.start_date)
+        fired = set(json.loads(context.cursor or "{}").get("fired", []))
+        requested = []
+        for day in window:
+            key = day.isoformat()
+            if key in fired:
+                continue
+            sql, params = template.render(
+                schema=warehouse.feature_schema, values={"partition_date": day}
+            )
+            count = warehouse.query(sql, params).column(0)[0].as_py() or 0
+            if count >= landing.min_rows:
+                requested.append(key)
+                yield dg.RunRequest(
+                    run_key=f"{spec.name}:{key}",
+                    partition_key=key,
+                    tags={"trigger": "landing_sensor", "landed_rows": str(count)},
+                )
+        keep = {d.isoformat() for d in window}
+        context.update_cursor(json.dumps({"fired": sorted((fired | set(requested)) & keep)}))
+        if not requested:
+            yield dg.SkipReason(f"no new day with {landing.min_rows}+ rows in {len(window)} days")
+
+    return sensor

@@ -1,0 +1,87 @@
+"""Retention: delete intermediate Parquet (exports, scored shards) older than a TTL.
+
+Only the object store's `<pipeline>/features/<day>/` and `<pipeline>/scored/<day>/` folders are
+considered; published tables, records and drift profiles are never touched.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+from pydantic import Field
+from upath import UPath
+
+from batch_inference_assets.io.object_store import ObjectStore
+
+INTERMEDIATE_STAGES = ("features", "scored")
+
+
+@dataclass(frozen=True)
+class Expired:
+    path: UPath
+    age_days: float
+    files: int
+
+
+def expired_folders(
+    store: ObjectStore, pipelines: Sequence[str], ttl_days: float, now: float
+) -> list[Expired]:
+    """Day folders whose newest file is older than `ttl_days` (a re-run keeps its day alive)."""
+    out = []
+    for pipeline in pipelines:
+        for stage in INTERMEDIATE_STAGES:
+            root = store.path(pipeline, stage)
+            if not root.exists():
+                continue
+            for day in sorted(p for p in root.iterdir() if p.is_dir()):
+                files = [f for f in day.iterdir() if f.is_file()]
+                newest = max((f.stat().st_mtime for f in files), default=0.0)
+                age = (now - newest) / 86400
+                if age > ttl_days:
+                    out.append(Expired(day, round(age, 2), len(files)))
+    return out
+
+
+class RetentionConfig(dg.Config):
+    ttl_days: float = Field(default=7.0, gt=0, description="Keep intermediate files this long.")
+    dry_run: bool = False
+
+
+def build_retention_job(
+    pipelines: Sequence[str], cron: str = "30 3 * * *"
+) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
+    @dg.op(name="delete_expired_intermediate_files")
+    def cleanup(
+        context: dg.OpExecutionContext, config: RetentionConfig, object_store: ObjectStore
+    ) -> dg.Output[int]:
+        expired = expired_folders(object_store, pipelines, config.ttl_days, time.time())
+        for e in expired:
+            context.log.info(
+                f"{'would delete' if config.dry_run else 'deleting'} {e.path} "
+                f"({e.files} files, {e.age_days} days old)"
+            )
+            if not config.dry_run:
+                object_store.remove_tree(e.path)
+        return dg.Output(
+            len(expired),
+            metadata={
+                "folders": len(expired),
+                "files": sum(e.files for e in expired),
+                "dry_run": config.dry_run,
+                "ttl_days": config.ttl_days,
+            },
+        )
+
+    @dg.job(name="retention_cleanup", description="Deletes intermediate Parquet past its TTL.")
+    def retention_cleanup() -> None:
+        cleanup()
+
+    schedule = dg.ScheduleDefinition(
+        name="retention_cleanup_schedule",
+        cron_schedule=cron,
+        job=retention_cleanup,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+    return retention_cleanup, schedule
