@@ -40,21 +40,28 @@ class Alerter(dg.ConfigurableResource):
                 raise RuntimeError(f"webhook answered HTTP {response.status}")
 
 
-def check_failure_payload(record: Any, alerter: Alerter) -> dict[str, Any]:
+def check_failure_payload(
+    record: Any, alerter: Alerter, instance: dg.DagsterInstance
+) -> dict[str, Any]:
     """The alert for one failed check execution record from Dagster's check history."""
     evaluation = record.event.dagster_event.event_specific_data if record.event else None
     key = record.key
     pipeline = key.asset_key.path[0]
+    if record.partition is None:  # checks defined on the asset record the run's partition
+        run = instance.get_run_by_id(record.run_id)
+        partition = run.tags.get("dagster/partition") if run else None
+    else:
+        partition = record.partition
     severity = evaluation.severity.value if evaluation else "ERROR"
     message = (evaluation.description if evaluation else None) or "check failed"
     return {
         "kind": "asset_check_failed",
         "summary": (
-            f"[{pipeline}] {record.partition or '-'}: check {key.name} on "
+            f"[{pipeline}] {partition or '-'}: check {key.name} on "
             f"{key.asset_key.to_user_string()} failed ({severity}): {message}"
         ),
         "pipeline": pipeline,
-        "partition": record.partition,
+        "partition": partition,
         "asset": key.asset_key.to_user_string(),
         "check": key.name,
         "severity": severity,
@@ -87,13 +94,10 @@ def build_check_alert_sensor(
         try:
             for key in check_keys:
                 last = cursor.get(key.to_user_string(), -1)
-                records = storage.get_asset_check_execution_history(
-                    key,
-                    limit=1000,
-                    status={dg.AssetCheckExecutionRecordStatus.FAILED},
-                )
-                for record in sorted((r for r in records if r.id > last), key=lambda r: r.id):
-                    alerter.send(check_failure_payload(record, alerter))
+                records = storage.get_asset_check_execution_history(key, limit=1000)
+                failed = (r for r in records if r.id > last and r.status.value == "FAILED")
+                for record in sorted(failed, key=lambda r: r.id):
+                    alerter.send(check_failure_payload(record, alerter, context.instance))
                     sent += 1
                     cursor[key.to_user_string()] = record.id
         except OSError as err:

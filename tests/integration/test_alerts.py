@@ -1,0 +1,138 @@
+"""Alerts for failed checks (WARN and ERROR) and failed runs, delivered once to a webhook."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from batch_inference_assets import PipelineSpec, build_pipeline
+from batch_inference_assets.alerts import (
+    Alerter,
+    build_check_alert_sensor,
+    build_run_failure_alert_sensor,
+)
+from tests.conftest import DAY, OTHER_DAYS
+from tests.servers import webhook_recorder
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> dg.DagsterInstance:
+    # A real SQLite instance (one database per run), as `dagster dev` uses: cursors must work there.
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as inst:
+        yield inst
+
+
+def _strict_nulls(spec: PipelineSpec) -> PipelineSpec:
+    """nps_score is ~8% null: a 1% limit fails the WARN check without failing the run."""
+    return spec.model_copy(
+        update={"checks": spec.checks.model_copy(update={"max_null_rate": 0.01})}
+    )
+
+
+def _run(
+    spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance, day: str
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        build_pipeline(spec).assets, partition_key=day, resources=resources,
+        instance=instance, raise_on_error=False,
+    )  # fmt: skip
+
+
+def test_failed_checks_alert_once_each(
+    churn_spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    spec = _strict_nulls(churn_spec)
+    sensor = build_check_alert_sensor([build_pipeline(spec)])
+    with webhook_recorder() as (url, received):
+        alerter = Alerter(webhook_url=url, ui_base_url="http://dagster.internal:3000")
+        cursor = None
+
+        def tick() -> int:
+            nonlocal cursor
+            ctx = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"alerter": alerter}
+            )
+            before = len(received)
+            sensor(ctx)
+            cursor = ctx.cursor
+            return len(received) - before
+
+        assert tick() == 0
+        ok_run = _run(spec, resources, instance, DAY)
+        assert ok_run.success  # a WARN check does not fail the run ...
+        assert tick() == 1  # ... but it alerts
+        warn = received[-1]
+        assert warn["check"] == "null_rates_below_threshold" and warn["severity"] == "WARN"
+        assert warn["pipeline"] == "churn" and warn["partition"] == DAY
+        assert warn["asset"] == "churn/source_features" and "nps_score" in warn["message"]
+        assert warn["run_url"] == f"http://dagster.internal:3000/runs/{ok_run.run_id}"
+        assert warn["text"].startswith(f"[churn] {DAY}: check null_rates_below_threshold")
+        assert tick() == 0  # exactly once
+
+        with resources["warehouse"].connect() as con:  # duplicate ids: an ERROR, blocking check
+            con.execute(
+                "INSERT INTO raw.customer_features SELECT * FROM raw.customer_features "
+                "WHERE snapshot_date = ? AND customer_id = 100001", [OTHER_DAYS[0]],
+            )  # fmt: skip
+        assert not _run(spec, resources, instance, OTHER_DAYS[0]).success
+        assert tick() == 2  # ids_are_unique (ERROR) and the null-rate WARN of that day
+        assert {(a["check"], a["severity"]) for a in received[-2:]} == {
+            ("ids_are_unique", "ERROR"), ("null_rates_below_threshold", "WARN"),
+        }  # fmt: skip
+        assert tick() == 0
+
+
+def test_alerts_wait_for_an_unreachable_webhook_without_repeating(
+    churn_spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    spec = _strict_nulls(churn_spec)
+    sensor = build_check_alert_sensor([build_pipeline(spec)])
+    assert _run(spec, resources, instance, DAY).success
+    down = Alerter(webhook_url="http://127.0.0.1:9/unreachable", timeout_seconds=2)
+    ctx = dg.build_sensor_context(instance=instance, resources={"alerter": down})
+    result = sensor(ctx)
+    assert "alert delivery failed after 0 alert(s)" in result.skip_message
+    with webhook_recorder() as (url, received):
+        ctx = dg.build_sensor_context(
+            instance=instance, cursor=ctx.cursor, resources={"alerter": Alerter(webhook_url=url)}
+        )
+        sensor(ctx)
+        assert [a["check"] for a in received] == ["null_rates_below_threshold"]
+
+
+def test_failed_runs_alert_once(
+    churn_spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    pipeline = build_pipeline(churn_spec)
+    sensor = build_run_failure_alert_sensor()
+    defs = dg.Definitions(assets=pipeline.assets, sensors=[sensor], resources=resources)
+    repo = defs.get_repository_def()
+    with webhook_recorder() as (url, received):
+        alerter = Alerter(webhook_url=url)
+        cursor = None
+
+        def tick() -> None:
+            nonlocal cursor
+            ctx = dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                repository_def=repo,
+                resources={"alerter": alerter},
+            )
+            result = sensor.evaluate_tick(ctx)
+            cursor = result.cursor
+
+        tick()  # the first tick only starts watching
+        empty = churn_spec.model_copy(update={"start_date": churn_spec.start_date})
+        bad = _run(empty, resources, instance, "2026-10-20")  # no source rows that day
+        assert not bad.success
+        tick()
+        assert len(received) == 1
+        alert = received[0]
+        assert alert["kind"] == "run_failed" and alert["pipeline"] == "churn"
+        assert alert["partition"] == "2026-10-20" and alert["run_id"] == bad.run_id
+        assert alert["steps"] == ["churn__source_features"]
+        assert "partition_is_not_empty failed" in alert["message"]
+        tick()
+        assert len(received) == 1  # exactly once
