@@ -37,7 +37,7 @@ def role_resources(
 
 def alerter() -> Alerter:
     """Alerts go to BATCH_INFERENCE_ALERT_WEBHOOK_URL when set; they are always logged."""
-    options = {
+    options: dict[str, Any] = {
         "webhook_url": _optional("BATCH_INFERENCE_ALERT_WEBHOOK_URL"),
         "ui_base_url": os.environ.get("DAGSTER_UI_URL") or "http://127.0.0.1:3000",
     }

@@ -42,9 +42,15 @@ def test_schedule_scores_the_previous_day(
 
 
 def test_schedule_follows_the_spec(churn_spec: PipelineSpec, resources: dict[str, Any]) -> None:
-    spec = churn_spec.model_copy(update={"schedule": churn_spec.schedule.model_copy(
-        update={"cron": "30 6 * * 1-5", "timezone": "Europe/Paris", "days_back": 3, "enabled": False}
-    )})  # fmt: skip
+    schedule_spec = churn_spec.schedule.model_copy(
+        update={
+            "cron": "30 6 * * 1-5",
+            "timezone": "Europe/Paris",
+            "days_back": 3,
+            "enabled": False,
+        }
+    )
+    spec = churn_spec.model_copy(update={"schedule": schedule_spec})
     schedule, repo = _with_repository(spec, resources)
     assert (
         schedule.cron_schedule == "30 6 * * 1-5" and schedule.execution_timezone == "Europe/Paris"
@@ -84,7 +90,8 @@ def _hold_back(resources: dict[str, Any], *days: str) -> None:
         )
         for day in days:
             con.execute(
-                "INSERT INTO raw.pending SELECT * FROM raw.customer_features WHERE snapshot_date = ?",
+                "INSERT INTO raw.pending SELECT * FROM raw.customer_features "
+                "WHERE snapshot_date = ?",
                 [day],
             )
             con.execute("DELETE FROM raw.customer_features WHERE snapshot_date = ?", [day])
@@ -94,7 +101,8 @@ def _land(resources: dict[str, Any], *days: str) -> None:
     with resources["warehouse"].connect() as con:
         for day in days:
             con.execute(
-                "INSERT INTO raw.customer_features SELECT * FROM raw.pending WHERE snapshot_date = ?",
+                "INSERT INTO raw.customer_features SELECT * FROM raw.pending "
+                "WHERE snapshot_date = ?",
                 [day],
             )
 
@@ -142,7 +150,8 @@ def test_partial_landing_waits_for_min_rows(
 ) -> None:
     with resources["warehouse"].connect() as con:
         con.execute(
-            "DELETE FROM raw.customer_features WHERE snapshot_date = '2026-10-16' AND customer_id > 100500"
+            "DELETE FROM raw.customer_features "
+            "WHERE snapshot_date = '2026-10-16' AND customer_id > 100500"
         )
     assert "2026-10-16" not in Landing(churn_spec, resources).tick()  # 500 rows < min_rows 1000
 
