@@ -20,7 +20,13 @@ PARTITION_IS_NOT_EMPTY = "partition_is_not_empty"
 IDS_ARE_UNIQUE = "ids_are_unique"
 FEATURES_MATCH_MODEL = "features_match_model_contract"
 NULL_RATES_BELOW_THRESHOLD = "null_rates_below_threshold"
-SOURCE_BLOCKING_CHECKS = (PARTITION_IS_NOT_EMPTY, FEATURES_MATCH_MODEL, IDS_ARE_UNIQUE)
+ROW_COUNT_WITHIN_LIMIT = "row_count_within_limit"
+SOURCE_BLOCKING_CHECKS = (
+    PARTITION_IS_NOT_EMPTY,
+    FEATURES_MATCH_MODEL,
+    IDS_ARE_UNIQUE,
+    ROW_COUNT_WITHIN_LIMIT,
+)
 
 # predictions (the blocking ones gate the transaction, see publish.py)
 POSITIVE_RATE_WITHIN_BOUNDS = "positive_rate_within_bounds"
@@ -128,6 +134,16 @@ def evaluate_source_features(
         )
     )
     return results
+
+
+def evaluate_row_limit(spec: PipelineSpec, export: FeatureExport) -> dg.AssetCheckResult:
+    limit = spec.limits.max_rows
+    return dg.AssetCheckResult(
+        check_name=ROW_COUNT_WITHIN_LIMIT,
+        passed=limit is None or export.rows <= limit,
+        description=f"{export.rows:,} rows, limit {limit:,}" if limit else "no limit set",
+        metadata={"rows": export.rows, "max_rows": limit or 0},
+    )
 
 
 def gate_results(gates: list[GateResult]) -> list[dg.AssetCheckResult]:

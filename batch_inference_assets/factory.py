@@ -1,5 +1,6 @@
 """build_pipeline(spec): the assets, checks and job of one pipeline; pure logic lives per stage."""
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -9,7 +10,16 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import ValidationError
 
-from batch_inference_assets import checks, drift, features, publish, scoring, shards, stats
+from batch_inference_assets import (
+    checks,
+    drift,
+    features,
+    progress,
+    publish,
+    scoring,
+    shards,
+    stats,
+)
 from batch_inference_assets.contracts import arrow_schema_to_table_schema
 from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.io.object_store import ObjectStore
@@ -28,6 +38,7 @@ from batch_inference_assets.records import (
 from batch_inference_assets.spec import PipelineSpec
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
+WAREHOUSE_POOL = "warehouse"  # bounds concurrent warehouse queries across runs (dagster.yaml)
 
 STAGES = (
     "model",
@@ -71,8 +82,8 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
     def key(stage: str) -> dg.AssetKey:
         return dg.AssetKey([name, stage])
 
-    def fail(context: Context, stage: str, cause: str) -> PipelineFailure:
-        return PipelineFailure(name, context.partition_key, stage, cause)
+    def fail(context: Context, stage: str, cause: str, retryable: bool = False) -> PipelineFailure:
+        return PipelineFailure(name, context.partition_key, stage, cause, retryable)
 
     common: dict[str, Any] = {"group_name": name, "partitions_def": partitions}
 
@@ -105,6 +116,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         check_specs=checks.source_feature_specs(key("source_features")),
         description="The partition's feature rows, exported by the warehouse as Parquet files.",
         kinds={"parquet"},
+        pool=WAREHOUSE_POOL,
         **common,
     )
     def source_features(
@@ -133,6 +145,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                 export, spec.features.id_columns, [f.name for f in model.features], object_store
             )
         results = checks.evaluate_source_features(spec, export, model, schema, profile)
+        results.append(checks.evaluate_row_limit(spec, export))
         yield dg.Output(
             export,
             metadata={
@@ -175,7 +188,14 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         for shard in manifest.shards:
             yield dg.DynamicOutput(shard, mapping_key=shard.key)
 
-    @dg.op(name=f"{name}__score_shard")
+    @dg.op(
+        name=f"{name}__score_shard",
+        retry_policy=dg.RetryPolicy(
+            max_retries=spec.retries.max_retries,
+            delay=spec.retries.delay_seconds,
+            backoff=dg.Backoff.EXPONENTIAL,
+        ),
+    )
     def score_shard(
         context: dg.OpExecutionContext,
         object_store: ObjectStore,
@@ -195,11 +215,21 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             id_columns=spec.features.id_columns,
             output=spec.output_contract,
             batch_rows=spec.sharding.batch_rows,
+            timeout_seconds=spec.timeouts.shard_seconds,
         )
+        stage = f"scoring {shard.key}"
         try:
             result = scoring.score_shard(shard, model, predictor, run, object_store)
+        except scoring.ShardTimeout as err:
+            raise fail(context, stage, str(err), retryable=True) from err
+        except OSError as err:  # storage hiccups: worth the retry policy
+            raise fail(context, stage, f"{type(err).__name__}: {err}", retryable=True) from err
         except (KeyError, pa.ArrowException, ValueError) as err:
-            raise fail(context, f"scoring {shard.key}", f"{type(err).__name__}: {err}") from err
+            raise fail(context, stage, f"{type(err).__name__}: {err}") from err
+        run_stats = context.instance.get_run_stats(context.run_id)
+        elapsed = time.time() - run_stats.start_time if run_stats.start_time else 0.0
+        done = progress.estimate(shard, progress.finished_shards(context, score_op_name), elapsed)
+        context.log.info(f"{name} {context.partition_key}: {done.line()}")
         return dg.Output(
             result,
             metadata={
@@ -208,8 +238,11 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                 "rows_per_second": round(result.rows / max(result.seconds, 1e-9)),
                 "peak_rss_mb": round(result.peak_rss_bytes / 2**20, 1),
                 "path": result.path,
+                **done.metadata(),
             },
         )
+
+    score_op_name = f"{name}__score_shard"
 
     @dg.op(name=f"{name}__collect_scores")
     def collect_scores(
@@ -221,6 +254,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             model_version=model.version,
             source_rows=manifest.rows,
             shards=sorted(results, key=lambda r: r.index),
+            export_seconds=manifest.export_seconds,
         )
         return dg.Output(
             scored,
@@ -231,6 +265,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                     max((s.peak_rss_bytes for s in scored.shards), default=0) / 2**20, 1
                 ),
                 "model_version": model.version,
+                "compute_seconds": round(sum(s.seconds for s in scored.shards), 3),
             },
         )
 
@@ -258,15 +293,18 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         description=f"Predictions published to {output_table}, one partition replaced atomically.",
         metadata={"dagster/table_name": output_table},
         kinds={"table"},
+        pool=WAREHOUSE_POOL,
         **common,
     )
     def predictions(
         context: dg.AssetExecutionContext,
         warehouse: Warehouse,
         object_store: ObjectStore,
+        cost_model: progress.CostModel,
         scored: ScoredShards,
     ) -> Iterator[Any]:
         day = _day(context)
+        started = time.perf_counter()
         try:
             staged, gates = publish.publish_partition(
                 spec, warehouse, object_store, scored, day, context.run_id
@@ -276,6 +314,9 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             raise fail(context, "predictions", f"nothing published: {rejected}") from rejected
         except WarehouseError as err:
             raise fail(context, "predictions", f"nothing published: {err}") from err
+        publish_seconds = time.perf_counter() - started
+        warehouse_seconds = scored.export_seconds + publish_seconds
+        compute_seconds = sum(s.seconds for s in scored.shards)
         published = PublishedPartition(
             pipeline=name,
             partition=context.partition_key,
@@ -291,6 +332,11 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                 "dagster/column_schema": spec.output_contract.table_schema(),
                 "mode": spec.output.mode,
                 "model_version": scored.model_version,
+                "cost/warehouse_seconds": round(warehouse_seconds, 3),
+                "cost/compute_seconds": round(compute_seconds, 3),
+                f"cost/estimated_{cost_model.currency.lower()}": round(
+                    cost_model.estimate(warehouse_seconds, compute_seconds), 6
+                ),
             },
         )
         yield from checks.gate_results(gates)
@@ -352,6 +398,8 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         selection=dg.AssetSelection.groups(name),
         partitions_def=partitions,
         description=f"Score one day of {name} end to end.",
+        # Run-level timeout (enforced by run monitoring) and a tag for per-pipeline queue limits.
+        tags={"dagster/max_runtime": spec.timeouts.run_seconds, "pipeline": name},
     )
     return Pipeline(
         spec=spec,

@@ -76,6 +76,8 @@ class Shard(Record):
     parts: list[ShardPart]
     rows: int
     bytes: int
+    partition_rows: int = Field(default=0, description="All shards' rows, for progress.")
+    rows_by_shard: list[int] = Field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -88,6 +90,7 @@ class ShardManifest(Record):
     shards: list[Shard]
     rows: int
     bytes: int
+    export_seconds: float = 0.0
 
 
 class ShardScore(Record):
@@ -107,6 +110,7 @@ class ScoredShards(Record):
     model_version: str
     source_rows: int
     shards: list[ShardScore]
+    export_seconds: float = 0.0
 
     @property
     def rows(self) -> int:

@@ -21,6 +21,10 @@ from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardS
 from batch_inference_assets.spec import LABEL_COLUMN, PARTITION_COLUMN, SCORE_COLUMN
 
 
+class ShardTimeout(TimeoutError):
+    pass
+
+
 @dataclass(frozen=True)
 class ScoringRun:
     """What every row of one partition's scoring run is stamped with."""
@@ -32,6 +36,7 @@ class ScoringRun:
     id_columns: list[str]
     output: Contract
     batch_rows: int
+    timeout_seconds: float = float("inf")
 
 
 def scored_path(object_store: ObjectStore, pipeline: str, partition: str, shard: Shard) -> UPath:
@@ -122,6 +127,12 @@ def score_shard(
                 scores = predictor.predict(x)
                 acc.add(x, scores)
                 writer.write_batch(output_batch(batch, scores, model, run))
+                elapsed = time.perf_counter() - started
+                if elapsed > run.timeout_seconds:
+                    raise ShardTimeout(
+                        f"{shard.key} exceeded its {run.timeout_seconds:g}s timeout after "
+                        f"{acc.rows} of {shard.rows} rows ({elapsed:.1f}s)"
+                    )
         place_file(tmp, target)
     finally:
         if tmp.exists():

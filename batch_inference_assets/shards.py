@@ -46,10 +46,15 @@ def plan_shards(export: FeatureExport, sharding: Sharding) -> ShardManifest:
                 bytes=sum(g[3] for g in groups),
             )
         )
+    rows_by_shard = [s.rows for s in shards]
     return ShardManifest(
         pipeline=export.pipeline,
         partition=export.partition,
-        shards=shards,
+        shards=[
+            s.model_copy(update={"partition_rows": export.rows, "rows_by_shard": rows_by_shard})
+            for s in shards
+        ],
         rows=export.rows,
         bytes=export.bytes,
+        export_seconds=export.query_seconds,
     )

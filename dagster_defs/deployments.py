@@ -17,6 +17,7 @@ from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory
 from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
 from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.models.store import ModelStore
+from batch_inference_assets.progress import CostModel
 
 DEPLOYMENTS = ("local", "snowflake_s3")
 DEMO_FEATURE_SCHEMA = "raw"
@@ -32,6 +33,7 @@ def role_resources(
         "model_store": model_store,
         "io_manager": RecordIOManagerFactory(object_store=object_store),
         "alerter": alerter(),
+        "cost_model": CostModel(),
     }
 
 

@@ -41,9 +41,20 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
         ("churn/source_features", "ids_are_unique", True),
         ("churn/source_features", "null_rates_below_threshold", False),
         ("churn/source_features", "partition_is_not_empty", True),
+        ("churn/source_features", "row_count_within_limit", True),
     ]
-    assert [j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")] == [
-        "churn_daily"
+    assert sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")) == [
+        "churn_daily",
+        "retention_cleanup",
+    ]
+    assert sorted(s.name for s in defs.schedules or []) == [
+        "churn_daily_schedule",
+        "retention_cleanup_schedule",
+    ]
+    assert sorted(s.name for s in defs.sensors or []) == [
+        "asset_check_failure_alerts",
+        "churn_landing_sensor",
+        "run_failure_alerts",
     ]
 
 

@@ -22,7 +22,7 @@ def test_one_partition_end_to_end(materialize: Materialize, resources: dict[str,
     assert set(table.column("run_id").to_pylist()) == {result.run_id}
     assert str(table.column("partition_date")[0].as_py()) == DAY
     assert all(check_results(result).values()), check_results(result)
-    assert len(check_results(result)) == 12
+    assert len(check_results(result)) == 13
 
     # The scores are the model's own predictions of the exported features.
     model = result.output_for_node("churn__model")

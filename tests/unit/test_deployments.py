@@ -13,7 +13,9 @@ def test_local_is_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("BATCH_INFERENCE_DEPLOYMENT", raising=False)
     resources = deployment_resources(tmp_path)
     assert isinstance(resources["warehouse"], DuckDBWarehouse)
-    assert set(resources) == {"warehouse", "object_store", "model_store", "io_manager", "alerter"}
+    assert set(resources) == {
+        "warehouse", "object_store", "model_store", "io_manager", "alerter", "cost_model",
+    }  # fmt: skip
 
 
 def test_snowflake_s3_takes_secrets_as_env_vars(
