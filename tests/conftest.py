@@ -91,14 +91,18 @@ def read_table(
 
 
 def materialize_cli(
-    select: str, partition: str, home: Path, env: dict[str, str]
+    select: str,
+    partition: str,
+    home: Path,
+    env: dict[str, str],
+    module: str = "dagster_defs.definitions",
 ) -> subprocess.CompletedProcess[str]:
     """`dagster asset materialize` in a fresh process: the default (multiprocess) executor."""
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     cmd = [
         sys.executable, "-m", "dagster", "asset", "materialize",
-        "-m", "dagster_defs.definitions", "--select", select, "--partition", partition,
+        "-m", module, "--select", select, "--partition", partition,
     ]  # fmt: skip
     return subprocess.run(
         cmd, env={**os.environ, "DAGSTER_HOME": str(home), **env},
@@ -141,3 +145,34 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])
+
+
+@pytest.fixture
+def fast_pipelines(tmp_path: Path) -> Path:
+    """The churn pipeline with test-sized shards and fast retries, as a YAML folder."""
+    import yaml
+
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
+    raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
+    raw["sharding"]["target_rows"] = 2_000
+    raw["retries"] = {"max_retries": 2, "delay_seconds": 0.2}
+    (folder / "churn.yaml").write_text(yaml.safe_dump(raw))
+    return folder
+
+
+@pytest.fixture
+def fault_env(root: Path, fast_pipelines: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for tests/faulty_defs.py; shard_00001 of DAY fails while the marker exists."""
+    env = {
+        "BI_TEST_ROOT": str(root),
+        "BI_TEST_PIPELINES_DIR": str(fast_pipelines),
+        "BI_TEST_FAULT_SUFFIX": f"scored/{DAY}/shard_00001.parquet",
+        "BI_TEST_FAULT_MARKER": str(root / "fault-armed"),
+        "BI_TEST_FAULT_MODE": "raise",
+        "BI_TEST_EXECUTOR": "in_process",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env

@@ -1,0 +1,70 @@
+"""A code location with an injected fault, for failure-handling tests (subprocesses load it too).
+
+Configured by environment variables set by the tests:
+  BI_TEST_ROOT            data root (a seeded copy)
+  BI_TEST_PIPELINES_DIR   pipeline YAML folder (fast retries for tests)
+  BI_TEST_FAULT_SUFFIX    object path whose write fails, e.g. scored/2026-10-15/shard_00001.parquet
+  BI_TEST_FAULT_MARKER    the fault fires only while this file exists
+  BI_TEST_FAULT_MODE      raise | raise_once | kill (SIGKILL of the step's own process)
+  BI_TEST_EXECUTOR        in_process | multiprocess (default)
+"""
+
+import os
+import signal
+from pathlib import Path
+
+import dagster as dg
+from upath import UPath
+
+from batch_inference_assets.io.object_store import LocalObjectStore
+from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory
+from dagster_defs.definitions import EXECUTOR, build_definitions
+from dagster_defs.deployments import local_resources
+
+
+class FaultyObjectStore(LocalObjectStore):
+    fail_suffix: str
+    marker: str
+    mode: str = "raise"
+
+    def path(self, *parts: str) -> UPath:
+        target = super().path(*parts)
+        if (
+            self.fail_suffix
+            and str(target).endswith(self.fail_suffix)
+            and Path(self.marker).exists()
+        ):
+            if self.mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.mode == "raise_once":
+                Path(self.marker).unlink()
+            raise OSError(f"injected fault: cannot write {target}")
+        return target
+
+
+def build() -> dg.Definitions:
+    root = Path(os.environ["BI_TEST_ROOT"])
+    resources = local_resources(root)
+    store = FaultyObjectStore(
+        root=str(root / "object_store"),
+        fail_suffix=os.environ.get("BI_TEST_FAULT_SUFFIX", ""),
+        marker=os.environ.get("BI_TEST_FAULT_MARKER", str(root / "no-fault")),
+        mode=os.environ.get("BI_TEST_FAULT_MODE", "raise"),
+    )
+    resources.update(object_store=store, io_manager=RecordIOManagerFactory(object_store=store))
+    in_process = os.environ.get("BI_TEST_EXECUTOR") == "in_process"
+    return build_definitions(
+        resources,
+        Path(os.environ["BI_TEST_PIPELINES_DIR"]),
+        executor=dg.in_process_executor if in_process else EXECUTOR,
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build()
+
+
+def churn_job() -> dg.JobDefinition:
+    """For dg.reconstructable: the daily job of this code location."""
+    return build().resolve_job_def("churn_daily")
