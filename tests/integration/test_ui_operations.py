@@ -1,0 +1,268 @@
+"""What operators do in the UI, over GraphQL against a `dagster dev` started here:
+re-execute a failed run from failure, and backfill a range (also from the CLI)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+import yaml
+
+from batch_inference_assets import build_pipeline, load_spec
+from dagster_defs.definitions import PIPELINES_DIR
+from dagster_defs.deployments import local_resources
+from tests.conftest import DAY, SEED_CUSTOMERS
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+LOCATION = "faulty"
+REPOSITORY = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
+STABLE = ["customer_id", "score", "label", "model_version", "partition_date"]
+
+
+class Dagster:
+    def __init__(self, url: str, root: Path, home: Path, env: dict[str, str]) -> None:
+        self.url, self.root, self.home, self.env = url, root, home, env
+
+    def gql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            doc = json.loads(response.read())
+        assert "errors" not in doc, doc
+        return doc["data"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self.gql(
+            "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status "
+            "tags { key value } stepStats { stepKey status } } } }",
+            {"id": run_id},
+        )["runOrError"]
+
+    def wait_run(self, run_id: str, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.run(run_id)
+            if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                return run
+            time.sleep(1)
+        raise TimeoutError(f"run {run_id} did not finish: {self.run(run_id)}")
+
+    def runs_with_tag(self, key: str, value: str) -> list[dict[str, Any]]:
+        return self.gql(
+            "query($f: RunsFilter) { runsOrError(filter: $f) { ... on Runs { results { runId "
+            "status tags { key value } } } } }",
+            {"f": {"tags": [{"key": key, "value": value}]}},
+        )["runsOrError"]["results"]
+
+    def table(self, day: str) -> Any:
+        warehouse = local_resources(self.root)["warehouse"]
+        exists = (
+            warehouse.query(
+                "SELECT COUNT(*) AS n FROM information_schema.tables "
+                "WHERE table_schema = 'predictions' AND table_name = 'churn_predictions'"
+            )
+            .column("n")[0]
+            .as_py()
+        )
+        if not exists:
+            return pa.table({})
+        return warehouse.query(
+            "SELECT * FROM predictions.churn_predictions WHERE partition_date = ? "
+            "ORDER BY customer_id",
+            [day],
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dagster(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dagster]:
+    base = tmp_path_factory.mktemp("ui")
+    root = base / "data"
+    shutil.copytree(seeded_template, root)
+    pipelines = base / "pipelines"
+    pipelines.mkdir()
+    raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
+    raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
+    raw["sharding"]["target_rows"] = 2_000
+    raw["retries"] = {"max_retries": 0, "delay_seconds": 0}
+    (pipelines / "churn.yaml").write_text(yaml.safe_dump(raw))
+    home = base / "home"
+    home.mkdir()
+    shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    workspace = base / "workspace.yaml"
+    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
+        "module_name": "tests.faulty_defs", "working_directory": str(REPO),
+        "location_name": LOCATION,
+    }}]}))  # fmt: skip
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "BI_TEST_ROOT": str(root),
+        "BI_TEST_PIPELINES_DIR": str(pipelines),
+        "BI_TEST_FAULT_SUFFIX": f"scored/{DAY}/shard_00001.parquet",
+        "BI_TEST_FAULT_MARKER": str(root / "fault-armed"),
+        "BI_TEST_FAULT_MODE": "raise",
+        "BI_TEST_EXECUTOR": "in_process",
+    }
+    port = _free_port()
+    log = (base / "dagster-dev.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1",
+         "-p", str(port)],
+        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = Dagster(f"http://127.0.0.1:{port}", root, home, env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                status = client.gql(
+                    "{ workspaceOrError { ... on Workspace { locationEntries { "
+                    "locationOrLoadError { __typename } } } } }"
+                )
+                entries = status["workspaceOrError"]["locationEntries"]
+                if (
+                    entries
+                    and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+                ):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError((base / "dagster-dev.log").read_text()[-5000:])
+            time.sleep(1)
+        yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+REEXECUTE = """mutation($p: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+
+
+def test_reexecute_from_failure_through_graphql(dagster: Dagster) -> None:
+    marker = Path(dagster.env["BI_TEST_FAULT_MARKER"])
+    marker.touch()
+    launched = dagster.gql(LAUNCH, {"p": {
+        "selector": {**REPOSITORY, "jobName": "churn_daily"},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DAY}]},
+    }})["launchRun"]  # fmt: skip
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    parent_id = launched["run"]["runId"]
+    parent = dagster.wait_run(parent_id)
+    assert parent["status"] == "FAILURE"
+    failed = [s["stepKey"] for s in parent["stepStats"] if s["status"] == "FAILURE"]
+    assert failed == ["churn__scored_shards.churn__score_shard[shard_00001]"]
+    assert dagster.table(DAY).num_rows == 0
+
+    marker.unlink()
+    again = dagster.gql(REEXECUTE, {"p": {"parentRunId": parent_id, "strategy": "FROM_FAILURE"}})
+    child_id = again["launchRunReexecution"]["run"]["runId"]
+    child = dagster.wait_run(child_id)
+    assert child["status"] == "SUCCESS"
+    assert {"key": "dagster/partition", "value": DAY} in child["tags"]  # GraphQL keeps it
+    executed = {s["stepKey"] for s in child["stepStats"] if s["status"] == "SUCCESS"}
+    assert executed == {
+        "churn__scored_shards.churn__score_shard[shard_00001]",
+        "churn__scored_shards.churn__collect_scores",
+        "churn__predictions",
+        "churn__drift_stats",
+    }
+    table = dagster.table(DAY)
+    assert table.num_rows == SEED_CUSTOMERS
+    assert len(set(table.column("customer_id").to_pylist())) == SEED_CUSTOMERS
+
+
+def _alone(seeded_template: Path, tmp_path: Path, days: list[str]) -> dict[str, Any]:
+    """The same days, each run alone in process on a fresh copy: the reference."""
+    root = tmp_path / "alone"
+    shutil.copytree(seeded_template, root)
+    resources = local_resources(root)
+    spec = load_spec(PIPELINES_DIR / "churn.yaml")
+    spec = spec.model_copy(
+        update={"sharding": spec.sharding.model_copy(update={"target_rows": 2_000})}
+    )
+    out = {}
+    for day in days:
+        assert dg.materialize(
+            build_pipeline(spec).assets, partition_key=day, resources=resources
+        ).success
+        out[day] = (
+            resources["warehouse"]
+            .query(
+                "SELECT * FROM predictions.churn_predictions WHERE partition_date = ? "
+                "ORDER BY customer_id",
+                [day],
+            )
+            .select(STABLE)
+        )
+    return out
+
+
+def test_backfills_from_graphql_and_cli_match_single_day_runs(
+    dagster: Dagster, seeded_template: Path, tmp_path: Path
+) -> None:
+    ui_days, cli_days = ["2026-10-12", "2026-10-13"], ["2026-10-10", "2026-10-11"]
+    launched = dagster.gql(BACKFILL, {"p": {
+        "selector": {
+            "partitionSetName": "churn_daily_partition_set", "repositorySelector": REPOSITORY,
+        },
+        "partitionNames": ui_days,
+    }})["launchPartitionBackfill"]  # fmt: skip
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    ui_backfill = launched["backfillId"]
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "dagster", "job", "backfill",
+         "-w", str(dagster.home.parent / "workspace.yaml"), "-l", LOCATION, "-j", "churn_daily",
+         "--from", cli_days[0], "--to", cli_days[1], "--noprompt"],
+        env=dagster.env, cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
+    cli_backfill = cli.stdout.split("Launched backfill job `")[1].split("`")[0]
+
+    deadline = time.monotonic() + 300
+    for backfill, days in ((ui_backfill, ui_days), (cli_backfill, cli_days)):
+        while True:
+            runs = dagster.runs_with_tag("dagster/backfill", backfill)
+            done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+            if len(done) == len(days):
+                break
+            assert time.monotonic() < deadline, f"backfill {backfill} did not finish: {runs}"
+            time.sleep(2)
+        assert {r["status"] for r in runs} == {"SUCCESS"}
+        partitions = sorted(
+            t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"
+        )
+        assert partitions == days
+
+    reference = _alone(seeded_template, tmp_path, ui_days + cli_days)
+    for day in ui_days + cli_days:
+        assert dagster.table(day).select(STABLE).equals(reference[day]), day
