@@ -5,12 +5,15 @@ Configured by environment variables set by the tests:
   BI_TEST_PIPELINES_DIR   pipeline YAML folder (fast retries for tests)
   BI_TEST_FAULT_SUFFIX    object path whose write fails, e.g. scored/2026-10-15/shard_00001.parquet
   BI_TEST_FAULT_MARKER    the fault fires only while this file exists
-  BI_TEST_FAULT_MODE      raise | raise_once | kill (SIGKILL of the step's own process)
+  BI_TEST_FAULT_MODE      raise | raise_once | kill (SIGKILL of the step's own process) | hang;
+                          a non-empty marker file overrides it with its own text | hang;
+                          a non-empty marker file overrides it with its own text
   BI_TEST_EXECUTOR        in_process | multiprocess (default)
 """
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -29,15 +32,15 @@ class FaultyObjectStore(LocalObjectStore):
 
     def path(self, *parts: str) -> UPath:
         target = super().path(*parts)
-        if (
-            self.fail_suffix
-            and str(target).endswith(self.fail_suffix)
-            and Path(self.marker).exists()
-        ):
-            if self.mode == "kill":
+        marker = Path(self.marker)
+        if self.fail_suffix and str(target).endswith(self.fail_suffix) and marker.exists():
+            mode = marker.read_text().strip() or self.mode
+            if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            if self.mode == "raise_once":
-                Path(self.marker).unlink()
+            if mode == "hang":
+                time.sleep(600)
+            if mode == "raise_once":
+                marker.unlink()
             raise OSError(f"injected fault: cannot write {target}")
         return target
 

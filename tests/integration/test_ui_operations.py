@@ -106,7 +106,9 @@ def dagster(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (pipelines / "churn.yaml").write_text(yaml.safe_dump(raw))
     home = base / "home"
     home.mkdir()
-    shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    instance_yaml = yaml.safe_load((REPO / ".dagster_home" / "dagster.yaml").read_text())
+    instance_yaml["run_monitoring"]["poll_interval_seconds"] = 2  # so the timeout test is quick
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     workspace = base / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
         "module_name": "tests.faulty_defs", "working_directory": str(REPO),
@@ -266,3 +268,22 @@ def test_backfills_from_graphql_and_cli_match_single_day_runs(
     reference = _alone(seeded_template, tmp_path, ui_days + cli_days)
     for day in ui_days + cli_days:
         assert dagster.table(day).select(STABLE).equals(reference[day]), day
+
+
+def test_run_timeout_is_enforced_by_run_monitoring(dagster: Dagster) -> None:
+    marker = Path(dagster.env["BI_TEST_FAULT_MARKER"])
+    marker.write_text("hang")  # shard_00001 hangs; only the run-level timeout can end it
+    try:
+        launched = dagster.gql(LAUNCH, {"p": {
+            "selector": {**REPOSITORY, "jobName": "churn_daily"},
+            "executionMetadata": {"tags": [
+                {"key": "dagster/partition", "value": DAY},
+                {"key": "dagster/max_runtime", "value": "5"},
+            ]},
+        }})["launchRun"]  # fmt: skip
+        started = time.monotonic()
+        run = dagster.wait_run(launched["run"]["runId"], timeout=120)
+    finally:
+        marker.unlink()
+    assert run["status"] in ("FAILURE", "CANCELED")
+    assert time.monotonic() - started < 90  # the hang alone would last 600 s
