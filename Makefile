@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export BATCH_INFERENCE_ROOT ?= $(CURDIR)/.data
 
-.PHONY: venv demo seed ui test lint typecheck unit clean
+BENCH_ROWS ?= 5000000
+BENCH_RUNS ?= 3
+
+.PHONY: venv demo seed ui test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +41,9 @@ test: lint typecheck
 
 unit: venv
 	$(BIN)/pytest tests/unit
+
+bench: venv
+	$(BIN)/python -m bench.run --rows $(BENCH_ROWS) --runs $(BENCH_RUNS) --compiled
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .pytest_cache .ruff_cache

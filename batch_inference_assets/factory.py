@@ -24,7 +24,9 @@ from batch_inference_assets.contracts import arrow_schema_to_table_schema
 from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
+from batch_inference_assets.models import compiled
 from batch_inference_assets.models.lightgbm_model import BinaryPredictor
+from batch_inference_assets.models.protocol import Predictor
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
 from batch_inference_assets.records import (
     FeatureExport,
@@ -100,15 +102,26 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             )
         except (ModelStoreError, ValidationError) as err:
             raise fail(context, "model", str(err)) from err
-        return dg.Output(
-            handle,
-            metadata={
-                "model_version": handle.version,
-                "model_ref": spec.model.ref,
-                "uri": dg.MetadataValue.path(handle.uri),
-                "features": len(handle.features),
-            },
-        )
+        metadata: dict[str, Any] = {
+            "model_version": handle.version,
+            "model_ref": spec.model.ref,
+            "uri": dg.MetadataValue.path(handle.uri),
+            "features": len(handle.features),
+        }
+        if spec.model.compiled:
+            cache = model_store.store.open_path(compiled.cache_path(handle))
+            started = time.perf_counter()
+            try:
+                compiled_now = compiled.ensure_compiled(
+                    model_store.store.open_path(handle.uri), cache
+                )
+            except Exception as err:  # a compiler failure must not stop scoring: LightGBM works
+                context.log.warning(f"compiling {handle.version} failed, using LightGBM: {err}")
+            else:
+                metadata["compiled"] = str(cache)
+                metadata["compile_seconds"] = round(time.perf_counter() - started, 2)
+                metadata["compiled_now"] = compiled_now
+        return dg.Output(handle, metadata=metadata)
 
     @dg.asset(
         key=key("source_features"),
@@ -204,9 +217,19 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         model: ModelHandle,
     ) -> dg.Output[ShardScore]:
         try:
-            predictor = BinaryPredictor(model_store.read_model_text(model))
+            lightgbm = BinaryPredictor(
+                model_store.read_model_text(model), spec.model.predict_threads
+            )
         except ModelStoreError as err:
             raise fail(context, f"scoring {shard.key}", str(err)) from err
+        predictor: Predictor = lightgbm
+        cache = model_store.store.open_path(compiled.cache_path(model))
+        if spec.model.compiled and cache.exists():
+            predictor = compiled.CompiledPredictor(
+                model_store.store.open_path(model.uri), cache, lightgbm, spec.model.predict_threads
+            )
+        elif spec.model.compiled:
+            context.log.warning(f"no compiled predictor at {cache}; scoring with LightGBM")
         run = scoring.ScoringRun(
             pipeline=name,
             partition=_day(context),
@@ -238,6 +261,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                 "rows_per_second": round(result.rows / max(result.seconds, 1e-9)),
                 "peak_rss_mb": round(result.peak_rss_bytes / 2**20, 1),
                 "path": result.path,
+                "predictor": getattr(predictor, "kind", "lightgbm"),
                 **done.metadata(),
             },
         )

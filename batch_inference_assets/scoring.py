@@ -15,8 +15,8 @@ from batch_inference_assets import stats
 from batch_inference_assets.contracts import Contract
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import place_file, temp_file_for
-from batch_inference_assets.models.lightgbm_model import BinaryPredictor
 from batch_inference_assets.models.matrix import feature_matrix
+from batch_inference_assets.models.protocol import Predictor
 from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardScore
 from batch_inference_assets.spec import LABEL_COLUMN, PARTITION_COLUMN, SCORE_COLUMN
 
@@ -110,7 +110,7 @@ class _ShardAccumulator:
 def score_shard(
     shard: Shard,
     model: ModelHandle,
-    predictor: BinaryPredictor,
+    predictor: Predictor,
     run: ScoringRun,
     object_store: ObjectStore,
 ) -> ShardScore:

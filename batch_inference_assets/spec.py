@@ -56,6 +56,11 @@ class ModelSpec(_Strict):
     ref: str = Field(default="champion", description="An alias (e.g. champion) or a version.")
     kind: Literal["lightgbm_binary"] = "lightgbm_binary"
     label_threshold: float = Field(default=0.5, gt=0, lt=1)
+    compiled: bool = Field(
+        default=False,
+        description="Score with a compiled predictor (lleaves), verified against LightGBM.",
+    )
+    predict_threads: int = Field(default=0, ge=0, description="0: all cores.")
 
     @field_validator("name")
     @classmethod

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_inference_assets import build_pipeline, load_specs
+from batch_inference_assets import PipelineSpec, build_pipeline, load_specs
 from batch_inference_assets.alerts import (
     build_check_alert_sensor,
     build_run_failure_alert_sensor,
@@ -32,8 +32,10 @@ def build_definitions(
     resources: dict[str, Any],
     pipelines_dir: Path = PIPELINES_DIR,
     executor: dg.ExecutorDefinition | None = EXECUTOR,
+    specs: list[PipelineSpec] | None = None,
 ) -> dg.Definitions:
-    pipelines = [build_pipeline(spec) for spec in load_specs(pipelines_dir)]
+    specs = load_specs(pipelines_dir) if specs is None else specs
+    pipelines = [build_pipeline(spec) for spec in specs]
     retention_job, retention_schedule = build_retention_job([p.spec.name for p in pipelines])
     landing_sensors = [s for s in (build_landing_sensor(p) for p in pipelines) if s is not None]
     return dg.Definitions(

@@ -1,0 +1,42 @@
+"""The benchmark's code location: the bench pipeline on a DuckDB file under BENCH_ROOT."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from batch_inference_assets import load_specs
+from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
+from batch_inference_assets.io.object_store import LocalObjectStore
+from batch_inference_assets.models.store import ModelStore
+from dagster_defs.definitions import build_definitions
+from dagster_defs.deployments import role_resources
+
+PIPELINES = Path(__file__).parent / "pipelines"
+
+
+def build() -> dg.Definitions:
+    root = Path(os.environ.get("BENCH_ROOT", ".bench")).resolve()
+    resources = role_resources(
+        DuckDBWarehouse(
+            database=str(root / "warehouse.duckdb"), schema_name="bench", output_schema="bench"
+        ),
+        LocalObjectStore(root=str(root / "object_store")),
+        ModelStore(store=LocalObjectStore(root=str(root / "models"))),
+    )
+    specs = load_specs(PIPELINES)
+    if os.environ.get("BENCH_COMPILED") == "1":
+        specs = [
+            s.model_copy(update={"model": s.model.model_copy(update={"compiled": True})})
+            for s in specs
+        ]
+    return build_definitions(resources, specs=specs)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build()
+
+
+def bench_job() -> dg.JobDefinition:
+    return build().resolve_job_def("bench_daily")
