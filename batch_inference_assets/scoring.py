@@ -21,6 +21,9 @@ from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardS
 from batch_inference_assets.spec import LABEL_COLUMN, PARTITION_COLUMN, SCORE_COLUMN
 
 
+FEATURE_SAMPLE_ROWS_PER_BATCH = 8_192
+
+
 class ShardTimeout(TimeoutError):
     pass
 
@@ -91,8 +94,13 @@ class _ShardAccumulator:
         self.confidence_sum = 0.0
 
     def add(self, x: np.ndarray, scores: np.ndarray) -> None:
+        # Feature histograms from a systematic sample (PSI needs distributions, not every row);
+        # the score histogram, positives and confidence stay exact.
+        sample = x[:: max(1, len(x) // FEATURE_SAMPLE_ROWS_PER_BATCH)]
         for j, f in enumerate(self.model.features):
-            self.counts[f.name] += stats.bucket_counts(x[:, j], self.model.reference[f.name].edges)
+            self.counts[f.name] += stats.bucket_counts(
+                np.ascontiguousarray(sample[:, j]), self.model.reference[f.name].edges
+            )
         self.counts[stats.SCORE_KEY] += stats.bucket_counts(
             scores, self.model.reference[stats.SCORE_KEY].edges
         )
