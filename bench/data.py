@@ -61,7 +61,8 @@ def train(root: Path) -> str:
     return ModelStore(store=LocalObjectStore(root=str(root / "models"))).save("bench", trained)
 
 
-def generate(root: Path, rows: int) -> dict[str, float]:
+def generate(root: Path, rows: int, days: int = 1) -> dict[str, float]:
+    """`rows` rows for DAY, or for each of `days` days ending on DAY."""
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     warehouse = DuckDBWarehouse(database=str(root / "warehouse.duckdb"))
@@ -70,21 +71,25 @@ def generate(root: Path, rows: int) -> dict[str, float]:
         con.execute("DROP TABLE IF EXISTS bench.features")
         cols = ", ".join(f"{f} DOUBLE" for f in FEATURES)
         con.execute(f"CREATE TABLE bench.features (snapshot_date DATE, id BIGINT, {cols})")
-        for start in range(0, rows, CHUNK):
-            table, _ = _chunk(start, min(CHUNK, rows - start), seed=100 + start // CHUNK)
-            con.register("chunk", table)
-            con.execute(f"INSERT INTO bench.features SELECT DATE '{DAY}', * FROM chunk")
-            con.unregister("chunk")
+        for back in range(days):
+            for start in range(0, rows, CHUNK):
+                n = min(CHUNK, rows - start)
+                table, _ = _chunk(start, n, seed=100 + back * 1000 + start // CHUNK)
+                con.register("chunk", table)
+                con.execute(
+                    f"INSERT INTO bench.features SELECT DATE '{DAY}' - INTERVAL {back} DAY, * FROM chunk"
+                )
+                con.unregister("chunk")
     version = train(root)
-    (root / "rows").write_text(str(rows))
-    return {"rows": rows, "seconds": time.perf_counter() - started, "model": version}  # type: ignore[dict-item]
+    (root / "rows").write_text(f"{rows}x{days}")
+    return {"rows": rows * days, "seconds": time.perf_counter() - started, "model": version}  # type: ignore[dict-item]
 
 
-def ensure(root: Path, rows: int) -> None:
+def ensure(root: Path, rows: int, days: int = 1) -> None:
     marker = root / "rows"
-    if not (marker.exists() and marker.read_text() == str(rows)):
-        print(f"generating {rows:,} rows in {root} ...", flush=True)
-        print(generate(root, rows), flush=True)
+    if not (marker.exists() and marker.read_text() == f"{rows}x{days}"):
+        print(f"generating {days} day(s) x {rows:,} rows in {root} ...", flush=True)
+        print(generate(root, rows, days), flush=True)
 
 
 if __name__ == "__main__":
