@@ -92,14 +92,36 @@ class FeatureProfile:
     null_counts: dict[str, int]
 
 
+def metadata_null_counts(
+    export: FeatureExport, columns: list[str], object_store: ObjectStore
+) -> dict[str, int | None]:
+    """Null counts from the Parquet row-group statistics (None where a file has no statistics)."""
+    totals: dict[str, int | None] = dict.fromkeys(columns, 0)
+    for f in export.files:
+        with object_store.open_path(f.path).open("rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+        index = {meta.schema.column(i).name: i for i in range(meta.num_columns)}
+        for name in columns:
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(index[name]).statistics
+                if totals[name] is None or stats is None or not stats.has_null_count:
+                    totals[name] = None
+                    break
+                totals[name] = (totals[name] or 0) + stats.null_count
+    return totals
+
+
 def profile_export(
     export: FeatureExport, id_columns: list[str], columns: list[str], object_store: ObjectStore
 ) -> FeatureProfile:
-    """Duplicate ids and null counts in one streaming DuckDB pass over the exported files."""
+    """Duplicate ids from a scan of the id columns only; null counts from Parquet statistics,
+    scanning just the columns whose files carry none."""
     if not export.files:
         return FeatureProfile(rows=0, duplicate_ids=0, null_counts={c: 0 for c in columns})
+    nulls = metadata_null_counts(export, columns, object_store)
+    unknown = [c for c, n in nulls.items() if n is None]
     ids = ", ".join(quote_identifier(c) for c in id_columns)
-    nulls = "".join(f", COUNT(*) - COUNT({quote_identifier(c)})" for c in columns)
+    scanned = "".join(f", COUNT(*) - COUNT({quote_identifier(c)})" for c in unknown)
     con = duckdb.connect()
     try:
         if not object_store.is_local:
@@ -107,11 +129,14 @@ def profile_export(
         con.read_parquet([f.path for f in export.files]).create_view("features")
         row = con.execute(
             f"SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT {ids} FROM features "
-            f"GROUP BY {ids} HAVING COUNT(*) > 1)){nulls} FROM features"
+            f"GROUP BY {ids} HAVING COUNT(*) > 1)){scanned} FROM features"
         ).fetchone()
     finally:
         con.close()
     assert row is not None
+    nulls.update(zip(unknown, row[2:], strict=True))
     return FeatureProfile(
-        rows=row[0], duplicate_ids=row[1], null_counts=dict(zip(columns, row[2:], strict=True))
+        rows=row[0],
+        duplicate_ids=row[1],
+        null_counts={c: int(nulls[c] or 0) for c in columns},
     )

@@ -20,7 +20,6 @@ from batch_inference_assets.models.protocol import Predictor
 from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardScore
 from batch_inference_assets.spec import LABEL_COLUMN, PARTITION_COLUMN, SCORE_COLUMN
 
-
 FEATURE_SAMPLE_ROWS_PER_BATCH = 8_192
 
 

@@ -66,7 +66,8 @@ def main() -> None:
     rows = a.days * a.rows
     print(
         f"backfill of {a.days} partitions x {a.rows:,} rows: {wall:.0f}s wall "
-        f"({rows / wall:,.0f} rows/s, {wall / a.days:.1f}s per partition), failed: {failed or 'none'}"
+        f"({rows / wall:,.0f} rows/s, {wall / a.days:.1f}s per partition), "
+        f"failed: {failed or 'none'}"
     )
     if failed:
         sys.exit(1)

@@ -76,9 +76,8 @@ def generate(root: Path, rows: int, days: int = 1) -> dict[str, float]:
                 n = min(CHUNK, rows - start)
                 table, _ = _chunk(start, n, seed=100 + back * 1000 + start // CHUNK)
                 con.register("chunk", table)
-                con.execute(
-                    f"INSERT INTO bench.features SELECT DATE '{DAY}' - INTERVAL {back} DAY, * FROM chunk"
-                )
+                day = f"DATE '{DAY}' - INTERVAL {back} DAY"
+                con.execute(f"INSERT INTO bench.features SELECT {day}, * FROM chunk")
                 con.unregister("chunk")
     version = train(root)
     (root / "rows").write_text(f"{rows}x{days}")
