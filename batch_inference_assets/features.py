@@ -122,7 +122,7 @@ def profile_export(
     unknown = [c for c, n in nulls.items() if n is None]
     ids = ", ".join(quote_identifier(c) for c in id_columns)
     scanned = "".join(f", COUNT(*) - COUNT({quote_identifier(c)})" for c in unknown)
-    con = duckdb.connect()
+    con = duckdb.connect(config={"memory_limit": "512MB", "preserve_insertion_order": False})
     try:
         if not object_store.is_local:
             con.register_filesystem(object_store.base.fs)

@@ -36,6 +36,9 @@ class DuckDBWarehouse(Warehouse):
     output_schema: str = Field(default="main", description="Schema of the published tables.")
     lock_timeout_seconds: float = Field(default=120.0, gt=0)
     threads: int = Field(default=2, ge=1)
+    memory_limit: str = Field(
+        default="512MB", description="DuckDB spills to disk beyond this (bounds the step's RSS)."
+    )
 
     @property
     def dialect(self) -> str:
@@ -51,7 +54,15 @@ class DuckDBWarehouse(Warehouse):
         delay = 0.05
         while True:
             try:
-                con = duckdb.connect(self.database, config={"threads": self.threads})
+                con = duckdb.connect(
+                    self.database,
+                    config={
+                        "threads": self.threads,
+                        "memory_limit": self.memory_limit,
+                        # Row order of exports and loads is irrelevant; keeping it costs memory.
+                        "preserve_insertion_order": False,
+                    },
+                )
                 break
             except duckdb.IOException as err:
                 if not any(m in str(err) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
@@ -129,8 +140,8 @@ class DuckDBWarehouse(Warehouse):
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(request.contract.create_table_sql(table, "duckdb"))
-                con.read_parquet(list(request.files)).create_view(f"{stage}_files")
-                con.execute(f"CREATE TEMP TABLE {stage} AS SELECT {cols} FROM {stage}_files")
+                # A view over the scored files: checked, then inserted, without a staging copy.
+                con.read_parquet(list(request.files)).create_view(stage)
                 row = con.execute(
                     request.staged_stats_sql(stage, "duckdb"), [request.partition_value]
                 ).fetchone()
@@ -140,9 +151,8 @@ class DuckDBWarehouse(Warehouse):
                 if request.mode == "replace_partition":
                     con.execute(f"DELETE FROM {qtable} WHERE {part} = ?", [request.partition_value])
                 con.execute(f"INSERT INTO {qtable} ({cols}) SELECT {cols} FROM {stage}")
-                con.execute(f"DROP TABLE {stage}")
-                con.execute(f"DROP VIEW {stage}_files")
                 con.execute("COMMIT")
+                con.execute(f"DROP VIEW {stage}")
             except duckdb.Error as err:
                 con.execute("ROLLBACK")
                 raise WarehouseError(f"publishing to {table} failed, rolled back: {err}") from err
