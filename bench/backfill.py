@@ -36,9 +36,10 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-backfill-home-"))
     shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "BENCH_ROOT": str(root), "DAGSTER_HOME": str(home)}
+    daemon_log = (home / "daemon.log").open("w")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "daemon", "run", "-m", "bench.defs"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "bench.defs"],
+        env=env, cwd=REPO, stdout=daemon_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         time.sleep(5)  # let the daemon come up before the clock starts
@@ -53,6 +54,8 @@ def main() -> None:
         os.environ["DAGSTER_HOME"] = str(home)
         with dg.DagsterInstance.get() as instance:
             while True:
+                if daemon.poll() is not None:
+                    sys.exit(f"dagster-daemon exited: {(home / 'daemon.log').read_text()[-3000:]}")
                 runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
                 done = [r for r in runs if r.is_finished]
                 if len(runs) == a.days and len(done) == a.days:
@@ -63,6 +66,7 @@ def main() -> None:
     finally:
         daemon.terminate()
         daemon.wait(timeout=60)
+        daemon_log.close()
     rows = a.days * a.rows
     print(
         f"backfill of {a.days} partitions x {a.rows:,} rows: {wall:.0f}s wall "
