@@ -108,7 +108,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             "uri": dg.MetadataValue.path(handle.uri),
             "features": len(handle.features),
         }
-        if spec.model.compiled:
+        if spec.model.predictor == "compiled":
             cache = model_store.store.open_path(compiled.cache_path(handle))
             started = time.perf_counter()
             try:
@@ -224,11 +224,11 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             raise fail(context, f"scoring {shard.key}", str(err)) from err
         predictor: Predictor = lightgbm
         cache = model_store.store.open_path(compiled.cache_path(model))
-        if spec.model.compiled and cache.exists():
+        if spec.model.predictor != "lightgbm" and cache.exists():
             predictor = compiled.CompiledPredictor(
                 model_store.store.open_path(model.uri), cache, lightgbm, spec.model.predict_threads
             )
-        elif spec.model.compiled:
+        elif spec.model.predictor == "compiled":
             context.log.warning(f"no compiled predictor at {cache}; scoring with LightGBM")
         run = scoring.ScoringRun(
             pipeline=name,

@@ -56,9 +56,11 @@ class ModelSpec(_Strict):
     ref: str = Field(default="champion", description="An alias (e.g. champion) or a version.")
     kind: Literal["lightgbm_binary"] = "lightgbm_binary"
     label_threshold: float = Field(default=0.5, gt=0, lt=1)
-    compiled: bool = Field(
-        default=False,
-        description="Score with a compiled predictor (lleaves), verified against LightGBM.",
+    predictor: Literal["auto", "compiled", "lightgbm"] = Field(
+        default="auto",
+        description="compiled: compile the model once (lleaves) and score with it; auto: use a "
+        "compiled object when one is cached beside the model; lightgbm: never. A compiled "
+        "predictor is always verified against LightGBM first.",
     )
     predict_threads: int = Field(default=0, ge=0, description="0: all cores.")
 

@@ -27,7 +27,7 @@ def build() -> dg.Definitions:
     specs = load_specs(PIPELINES)
     if os.environ.get("BENCH_COMPILED") == "1":
         specs = [
-            s.model_copy(update={"model": s.model.model_copy(update={"compiled": True})})
+            s.model_copy(update={"model": s.model.model_copy(update={"predictor": "compiled"})})
             for s in specs
         ]
     return build_definitions(resources, specs=specs)

@@ -21,7 +21,7 @@ def test_compiled_scores_match_lightgbm_and_are_cached(
     assert materialize(DAY).success
     stock = read_table(resources).select(["customer_id", "score"])
     spec = churn_spec.model_copy(
-        update={"model": churn_spec.model.model_copy(update={"compiled": True})}
+        update={"model": churn_spec.model.model_copy(update={"predictor": "compiled"})}
     )
     first = materialize(DAY, spec)
     assert first.success
@@ -68,3 +68,26 @@ def test_a_compiled_object_that_disagrees_falls_back_to_lightgbm(tmp_path: Path)
         scores = predictor.predict(x)
     assert predictor.kind.startswith("lightgbm")
     np.testing.assert_array_equal(scores, reference.predict(x))
+
+
+def test_a_cached_compiled_predictor_is_used_automatically_unless_lightgbm_is_asked_for(
+    materialize: Materialize, churn_spec: PipelineSpec
+) -> None:
+    def predictors(spec: PipelineSpec) -> set[str]:
+        result = materialize(DAY, spec)
+        assert result.success
+        return {
+            e.event_specific_data.metadata["predictor"].value
+            for e in result.all_events
+            if e.is_successful_output and "score_shard[" in (e.step_key or "")
+        }
+
+    def with_predictor(kind: str) -> PipelineSpec:
+        return churn_spec.model_copy(
+            update={"model": churn_spec.model.model_copy(update={"predictor": kind})}
+        )
+
+    assert predictors(churn_spec) == {"lightgbm"}  # auto, nothing cached yet
+    assert predictors(with_predictor("compiled")) == {"lleaves"}  # compiles and caches
+    assert predictors(churn_spec) == {"lleaves"}  # auto: the cached object is used
+    assert predictors(with_predictor("lightgbm")) == {"lightgbm"}
