@@ -147,19 +147,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os._exit(_EXIT_STATUS[-1])
 
 
-@pytest.fixture
-def fast_pipelines(tmp_path: Path) -> Path:
-    """The churn pipeline with test-sized shards and fast retries, as a YAML folder."""
+def write_test_pipelines(folder: Path, max_retries: int, delay_seconds: float) -> Path:
+    """The churn pipeline with test-sized shards and the given retries, as a YAML folder."""
     import yaml
 
-    folder = tmp_path / "pipelines"
     folder.mkdir()
     raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
     raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
     raw["sharding"]["target_rows"] = 2_000
-    raw["retries"] = {"max_retries": 2, "delay_seconds": 0.2}
+    raw["retries"] = {"max_retries": max_retries, "delay_seconds": delay_seconds}
     (folder / "churn.yaml").write_text(yaml.safe_dump(raw))
     return folder
+
+
+@pytest.fixture
+def fast_pipelines(tmp_path: Path) -> Path:
+    return write_test_pipelines(tmp_path / "pipelines", max_retries=2, delay_seconds=0.2)
 
 
 @pytest.fixture

@@ -172,65 +172,56 @@ def test_model_features_do_not_match_the_query(
     _assert_failed_cleanly(result, resources, published, "missing column 'loyalty_points'")
 
 
+class PublishOnly:
+    """Scores DAY up to the scored shards, then lets a test tamper and publish on its own."""
+
+    def __init__(self, spec: PipelineSpec, resources: dict[str, Any]) -> None:
+        self.pipeline = build_pipeline(spec)
+        self.resources = resources
+        predictions = dg.AssetSelection.assets(self.pipeline.key("predictions"))
+        assert dg.materialize(
+            self.pipeline.assets, selection=predictions.upstream(include_self=False),
+            partition_key=DAY, resources=resources,
+        ).success  # fmt: skip
+        folder = Path(resources["object_store"].root) / "churn" / "scored" / DAY
+        self.scored = sorted(folder.glob("*.parquet"))
+
+    def publish(self) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            self.pipeline.assets,
+            selection=dg.AssetSelection.assets(self.pipeline.key("predictions")),
+            partition_key=DAY, resources=self.resources, raise_on_error=False,
+        )  # fmt: skip
+
+
 def test_failure_during_publication_rolls_back(
     resources: dict[str, Any], published: pa.Table, churn_spec: PipelineSpec
 ) -> None:
-    pipeline = build_pipeline(churn_spec)
-    upstream = dg.AssetSelection.assets(pipeline.key("predictions")).upstream(include_self=False)
-    assert dg.materialize(
-        pipeline.assets, selection=upstream, partition_key=DAY, resources=resources
-    ).success
-    scored = sorted(
-        (Path(resources["object_store"].root) / "churn" / "scored" / DAY).glob("*.parquet")
-    )
+    run = PublishOnly(churn_spec, resources)
+    scored = run.scored
     assert len(scored) >= 2
     # Shard 1 now repeats shard 0's rows: duplicate ids and extra rows, caught in the transaction.
     shutil.copy(scored[0], scored[1])
-    result = dg.materialize(
-        pipeline.assets,
-        selection=dg.AssetSelection.assets(pipeline.key("predictions")),
-        partition_key=DAY,
-        resources=resources,
-        raise_on_error=False,
-    )
+    result = run.publish()
     _assert_failed_cleanly(result, resources, published, "nothing published", "duplicated ids")
     checks = check_results(result)
     assert checks[("predictions", "ids_are_unique")] is False
     assert checks[("predictions", "row_count_matches_source")] is False
     # A missing shard file fails inside the transaction too.
     scored[1].unlink()
-    result = dg.materialize(
-        pipeline.assets,
-        selection=dg.AssetSelection.assets(pipeline.key("predictions")),
-        partition_key=DAY,
-        resources=resources,
-        raise_on_error=False,
-    )
+    result = run.publish()
     _assert_failed_cleanly(result, resources, published, "nothing published", "rolled back")
 
 
 def test_scored_file_from_another_partition_is_rejected(
     resources: dict[str, Any], published: pa.Table, churn_spec: PipelineSpec
 ) -> None:
-    pipeline = build_pipeline(churn_spec)
-    upstream = dg.AssetSelection.assets(pipeline.key("predictions")).upstream(include_self=False)
-    assert dg.materialize(
-        pipeline.assets, selection=upstream, partition_key=DAY, resources=resources
-    ).success
-    shard = sorted(
-        (Path(resources["object_store"].root) / "churn" / "scored" / DAY).glob("*.parquet")
-    )[0]
+    run = PublishOnly(churn_spec, resources)
+    shard = run.scored[0]
     t = pq.read_table(shard)
     i = t.schema.get_field_index("partition_date")
     t = t.set_column(
         i, t.schema.field(i), pa.repeat(pa.scalar(EMPTY_DAY).cast(pa.date32()), t.num_rows)
     )
     pq.write_table(t, shard)
-    result = dg.materialize(
-        pipeline.assets,
-        selection=dg.AssetSelection.assets(pipeline.key("predictions")),
-        partition_key=DAY,
-        resources=resources,
-        raise_on_error=False,
-    )
-    _assert_failed_cleanly(result, resources, published, "of another partition")
+    _assert_failed_cleanly(run.publish(), resources, published, "of another partition")

@@ -97,6 +97,16 @@ def snowflake(snowflake_server: dict[str, Any], root: Path) -> SnowflakeWarehous
     return warehouse
 
 
+@pytest.fixture
+def production(
+    root: Path, snowflake: SnowflakeWarehouse, s3_bucket: str, s3_endpoint: str
+) -> dict[str, Any]:
+    """The production roles: Snowflake (fakesnow) and S3 (moto) for data and models."""
+    return role_resources(
+        snowflake, _s3(s3_bucket, s3_endpoint), _models_on_s3(root, s3_bucket, s3_endpoint)
+    )
+
+
 def _predictions(warehouse: SnowflakeWarehouse, day: str | None = None) -> pa.Table:
     where, params = ("WHERE partition_date = ?", [day]) if day else ("", [])
     return warehouse.query(
@@ -107,15 +117,11 @@ def _predictions(warehouse: SnowflakeWarehouse, day: str | None = None) -> pa.Ta
 
 
 def test_graph_on_snowflake_and_s3(
-    root: Path,
     churn_spec: PipelineSpec,
     snowflake: SnowflakeWarehouse,
-    s3_bucket: str,
-    s3_endpoint: str,
+    production: dict[str, Any],
 ) -> None:
-    resources = role_resources(
-        snowflake, _s3(s3_bucket, s3_endpoint), _models_on_s3(root, s3_bucket, s3_endpoint)
-    )
+    resources = production
     for day in (OTHER_DAYS[1], DAY):
         result = _run(churn_spec, resources, day)
         assert result.success, failure_message(result)
@@ -153,12 +159,9 @@ def test_snowflake_gate_failure_publishes_nothing(
     root: Path,
     churn_spec: PipelineSpec,
     snowflake: SnowflakeWarehouse,
-    s3_bucket: str,
-    s3_endpoint: str,
+    production: dict[str, Any],
 ) -> None:
-    resources = role_resources(
-        snowflake, _s3(s3_bucket, s3_endpoint), _models_on_s3(root, s3_bucket, s3_endpoint)
-    )
+    resources = production
     assert _run(churn_spec, resources).success
     before = _predictions(snowflake)
     # Duplicate a customer in the source: the blocking check stops the run before publication.
@@ -283,18 +286,12 @@ def test_bad_s3_credentials_name_the_settings(s3_endpoint: str) -> None:
 
 
 def test_unreachable_warehouse_publishes_nothing(
-    root: Path,
-    churn_spec: PipelineSpec,
-    snowflake: SnowflakeWarehouse,
-    s3_bucket: str,
-    s3_endpoint: str,
+    churn_spec: PipelineSpec, snowflake: SnowflakeWarehouse, production: dict[str, Any]
 ) -> None:
-    models = _models_on_s3(root, s3_bucket, s3_endpoint)
-    good = role_resources(snowflake, _s3(s3_bucket, s3_endpoint), models)
-    assert _run(churn_spec, good).success
+    assert _run(churn_spec, production).success
     before = _predictions(snowflake)
     broken = _rebuilt(snowflake, port=9, login_timeout_seconds=3)
-    result = _run(churn_spec, role_resources(broken, _s3(s3_bucket, s3_endpoint), models))
+    result = _run(churn_spec, {**production, "warehouse": broken})
     assert not result.success
     message = failure_message(result)
     assert "pipeline 'churn', partition 2026-10-15, source_features" in message

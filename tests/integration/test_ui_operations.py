@@ -21,7 +21,7 @@ import yaml
 from batch_inference_assets import build_pipeline, load_spec
 from dagster_defs.definitions import PIPELINES_DIR
 from dagster_defs.deployments import local_resources
-from tests.conftest import DAY, SEED_CUSTOMERS
+from tests.conftest import DAY, SEED_CUSTOMERS, write_test_pipelines
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -97,13 +97,7 @@ def dagster(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     base = tmp_path_factory.mktemp("ui")
     root = base / "data"
     shutil.copytree(seeded_template, root)
-    pipelines = base / "pipelines"
-    pipelines.mkdir()
-    raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
-    raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
-    raw["sharding"]["target_rows"] = 2_000
-    raw["retries"] = {"max_retries": 0, "delay_seconds": 0}
-    (pipelines / "churn.yaml").write_text(yaml.safe_dump(raw))
+    pipelines = write_test_pipelines(base / "pipelines", max_retries=0, delay_seconds=0)
     home = base / "home"
     home.mkdir()
     instance_yaml = yaml.safe_load((REPO / ".dagster_home" / "dagster.yaml").read_text())
