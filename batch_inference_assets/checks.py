@@ -73,9 +73,10 @@ def evaluate_source_features(
     export: FeatureExport,
     model: ModelHandle,
     schema: pa.Schema | None,
+    problems: list[str],
     profile: FeatureProfile | None,
 ) -> list[dg.AssetCheckResult]:
-    problems = contract_problems(spec, model, schema) if schema is not None else []
+    """`problems` are `contract_problems` of `schema` (empty when there is no schema)."""
     results = [
         dg.AssetCheckResult(
             check_name=PARTITION_IS_NOT_EMPTY,

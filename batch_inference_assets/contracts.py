@@ -1,7 +1,7 @@
 """Typed column contracts, declared once: they drive schema checks, DDL and Dagster metadata."""
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -167,7 +167,3 @@ class Contract:
 
 def arrow_schema_to_table_schema(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
-
-
-def select_columns(contract: Contract, names: Sequence[str]) -> Contract:
-    return Contract.of(contract[n] for n in names)

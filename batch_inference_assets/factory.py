@@ -42,15 +42,6 @@ from batch_inference_assets.spec import PipelineSpec
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 WAREHOUSE_POOL = "warehouse"  # bounds concurrent warehouse queries across runs (dagster.yaml)
 
-STAGES = (
-    "model",
-    "source_features",
-    "shard_manifest",
-    "scored_shards",
-    "predictions",
-    "drift_stats",
-)
-
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -157,7 +148,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             profile = features.profile_export(
                 export, spec.features.id_columns, [f.name for f in model.features], object_store
             )
-        results = checks.evaluate_source_features(spec, export, model, schema, profile)
+        results = checks.evaluate_source_features(spec, export, model, schema, problems, profile)
         results.append(checks.evaluate_row_limit(spec, export))
         yield dg.Output(
             export,

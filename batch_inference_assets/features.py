@@ -61,6 +61,7 @@ def export_features(
     partition = day.isoformat()
     sql, params = render_query(spec, warehouse.feature_schema, day, window)
     folder = f"{spec.name}/features/{partition}"
+    object_store.remove_tree(object_store.path(folder))  # a re-run must not keep stale files
     started = time.perf_counter()
     paths = warehouse.export_query(
         sql,

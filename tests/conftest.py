@@ -24,6 +24,9 @@ DAY = "2026-10-15"
 OTHER_DAYS = ("2026-10-13", "2026-10-14")
 EMPTY_DAY = "2026-10-20"  # inside the partition range, after the seeded data
 TABLE = f"{DEMO_OUTPUT_SCHEMA}.churn_predictions"
+OUTPUT_COLUMNS = [
+    "customer_id", "score", "label", "model_version", "scored_at", "run_id", "partition_date",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,6 @@ class DuckDBWarehouse(Warehouse):
         tag: QueryTag,
     ) -> list[UPath]:
         destination = object_store.path(folder)
-        object_store.remove_tree(destination)
         local = is_local(destination)
         # DuckDB writes a local folder directly; for a remote store, a temp folder then upload.
         staging = Path(destination.path) if local else Path(tempfile.mkdtemp(prefix="bi-export-"))

@@ -189,7 +189,6 @@ class SnowflakeWarehouse(Warehouse):
         tag: QueryTag,
     ) -> list[UPath]:
         destination = object_store.path(folder)
-        object_store.remove_tree(destination)
         with self.connect(tag) as con:
             cur = con.cursor()
             try:

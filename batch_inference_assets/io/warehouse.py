@@ -110,7 +110,7 @@ class Warehouse(dg.ConfigurableResource, ABC):
         row_group_rows: int,
         tag: QueryTag,
     ) -> list[UPath]:
-        """Run `sql`; write its rows as Parquet files in the store's `folder` (emptied first)."""
+        """Run `sql`; write its rows as Parquet files in the store's (empty) `folder`."""
 
     @abstractmethod
     def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:

@@ -8,7 +8,15 @@ import pyarrow.parquet as pq
 
 from batch_inference_assets.models.lightgbm_model import BinaryPredictor
 from batch_inference_assets.models.matrix import feature_matrix
-from tests.conftest import DAY, OTHER_DAYS, SEED_CUSTOMERS, Materialize, check_results, read_table
+from tests.conftest import (
+    DAY,
+    OTHER_DAYS,
+    OUTPUT_COLUMNS,
+    SEED_CUSTOMERS,
+    Materialize,
+    check_results,
+    read_table,
+)
 
 STABLE_COLUMNS = ["customer_id", "score", "label", "model_version", "partition_date"]
 
@@ -101,15 +109,7 @@ def test_standard_metadata_for_the_ui(materialize: Materialize) -> None:
     assert md["dagster/row_count"].value == SEED_CUSTOMERS
     assert md["dagster/table_name"].value == "churn_predictions"
     cols = [c.name for c in md["dagster/column_schema"].schema.columns]
-    assert cols == [
-        "customer_id",
-        "score",
-        "label",
-        "model_version",
-        "scored_at",
-        "run_id",
-        "partition_date",
-    ]
+    assert cols == OUTPUT_COLUMNS
     src = result.asset_materializations_for_node("churn__source_features")[0].metadata
     assert src["dagster/row_count"].value == SEED_CUSTOMERS
     assert "tenure" in [c.name for c in src["dagster/column_schema"].schema.columns]

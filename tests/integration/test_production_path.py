@@ -17,7 +17,14 @@ from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
 from batch_inference_assets.io.warehouse import WarehouseError
 from batch_inference_assets.models.store import ModelStore
 from dagster_defs.deployments import DEMO_FEATURE_SCHEMA, DEMO_OUTPUT_SCHEMA, role_resources
-from tests.conftest import DAY, OTHER_DAYS, SEED_CUSTOMERS, failure_message, materialize_cli
+from tests.conftest import (
+    DAY,
+    OTHER_DAYS,
+    OUTPUT_COLUMNS,
+    SEED_CUSTOMERS,
+    failure_message,
+    materialize_cli,
+)
 from tests.servers import (
     S3_KEY,
     S3_SECRET,
@@ -126,15 +133,7 @@ def test_graph_on_snowflake_and_s3(
         result = _run(churn_spec, resources, day)
         assert result.success, failure_message(result)
     table = _predictions(snowflake)
-    assert table.column_names == [
-        "customer_id",
-        "score",
-        "label",
-        "model_version",
-        "scored_at",
-        "run_id",
-        "partition_date",
-    ]
+    assert table.column_names == OUTPUT_COLUMNS
     assert table.num_rows == 2 * SEED_CUSTOMERS
 
     # Row parity with the source, and the same scores as the embedded default would give.
