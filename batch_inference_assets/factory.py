@@ -54,6 +54,11 @@ class Pipeline:
         return dg.AssetKey([self.spec.name, stage])
 
 
+def score_op_name(pipeline: str) -> str:
+    """The op that scores one shard: the step that fans out, one per shard."""
+    return f"{pipeline}__score_shard"
+
+
 def _day(context: Context) -> date:
     return datetime.strptime(context.partition_key, "%Y-%m-%d").date()
 
@@ -193,7 +198,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             yield dg.DynamicOutput(shard, mapping_key=shard.key)
 
     @dg.op(
-        name=f"{name}__score_shard",
+        name=score_op_name(name),
         retry_policy=dg.RetryPolicy(
             max_retries=spec.retries.max_retries,
             delay=spec.retries.delay_seconds,
@@ -242,7 +247,9 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             raise fail(context, stage, f"{type(err).__name__}: {err}") from err
         run_stats = context.instance.get_run_stats(context.run_id)
         elapsed = time.time() - run_stats.start_time if run_stats.start_time else 0.0
-        done = progress.estimate(shard, progress.finished_shards(context, score_op_name), elapsed)
+        done = progress.estimate(
+            shard, progress.finished_shards(context, score_op_name(name)), elapsed
+        )
         context.log.info(f"{name} {context.partition_key}: {done.line()}")
         return dg.Output(
             result,
@@ -256,8 +263,6 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                 **done.metadata(),
             },
         )
-
-    score_op_name = f"{name}__score_shard"
 
     @dg.op(name=f"{name}__collect_scores")
     def collect_scores(

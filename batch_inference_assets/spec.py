@@ -1,5 +1,6 @@
 """PipelineSpec: one pipeline = a feature query + a model + an output table, validated at load."""
 
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -88,11 +89,38 @@ class OutputTable(_Strict):
         return validate_identifier(v, "output table")
 
 
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+
+
+class StepResources(_Strict):
+    """What one shard step needs, in Kubernetes quantities; executors that place steps on
+    machines (pods) use it, the others ignore it. Memory is both the request and the limit."""
+
+    cpu: str = Field(default="1", description="e.g. 1, 1.5 or 500m")
+    memory: str = Field(default="1536Mi", description="e.g. 1536Mi or 2Gi")
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu_is_a_quantity(cls, v: str) -> str:
+        if not _CPU.match(v):
+            raise ValueError(f"{v!r} is not a CPU quantity such as 1, 1.5 or 500m")
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_is_a_quantity(cls, v: str) -> str:
+        if not _MEMORY.match(v):
+            raise ValueError(f"{v!r} is not a memory quantity such as 1536Mi or 2Gi")
+        return v
+
+
 class Sharding(_Strict):
     target_rows: int | None = Field(default=500_000, gt=0)
     target_mb: float | None = Field(default=128.0, gt=0)
     max_parallel: int = Field(default=8, ge=1, le=1024)
     batch_rows: int = Field(default=65_536, ge=1024)
+    step_resources: StepResources = StepResources()
 
     @model_validator(mode="after")
     def _has_a_target(self) -> "Sharding":

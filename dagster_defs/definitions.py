@@ -13,25 +13,15 @@ from batch_inference_assets.alerts import (
 from batch_inference_assets.automation import build_landing_sensor, build_schedule
 from batch_inference_assets.retention import build_retention_job
 from dagster_defs.deployments import deployment_resources
+from dagster_defs.executors import MULTIPROCESS, chosen_executor
 
 PIPELINES_DIR = Path(__file__).parent / "pipelines"
-
-# Steps fork from a server that has already imported the heavy modules (see PITFALLS.md).
-EXECUTOR = dg.multiprocess_executor.configured(
-    {
-        "start_method": {
-            "forkserver": {
-                "preload_modules": ["batch_inference_assets", "dagster_defs.definitions"]
-            }
-        }
-    }
-)
 
 
 def build_definitions(
     resources: dict[str, Any],
     pipelines_dir: Path = PIPELINES_DIR,
-    executor: dg.ExecutorDefinition | None = EXECUTOR,
+    executor: dg.ExecutorDefinition | None = MULTIPROCESS,
     specs: list[PipelineSpec] | None = None,
 ) -> dg.Definitions:
     specs = load_specs(pipelines_dir) if specs is None else specs
@@ -56,4 +46,10 @@ def build_definitions(
 def defs() -> dg.Definitions:
     # Read when Dagster loads the code location, never at import.
     root = Path(dg.EnvVar("BATCH_INFERENCE_ROOT").get_value(".data") or ".data").resolve()
-    return build_definitions(deployment_resources(root))
+    pipelines_dir = Path(
+        dg.EnvVar("BATCH_INFERENCE_PIPELINES_DIR").get_value(str(PIPELINES_DIR)) or PIPELINES_DIR
+    )
+    specs = load_specs(pipelines_dir)
+    return build_definitions(
+        deployment_resources(root), executor=chosen_executor(specs), specs=specs
+    )

@@ -24,6 +24,7 @@ DAY = "2026-10-15"
 OTHER_DAYS = ("2026-10-13", "2026-10-14")
 EMPTY_DAY = "2026-10-20"  # inside the partition range, after the seeded data
 TABLE = f"{DEMO_OUTPUT_SCHEMA}.churn_predictions"
+DEPLOY = Path(__file__).parents[1] / "dagster_defs" / "deploy"  # production instance, Helm values
 OUTPUT_COLUMNS = [
     "customer_id", "score", "label", "model_version", "scored_at", "run_id", "partition_date",
 ]  # fmt: skip
@@ -100,9 +101,11 @@ def materialize_cli(
     env: dict[str, str],
     module: str = "dagster_defs.definitions",
 ) -> subprocess.CompletedProcess[str]:
-    """`dagster asset materialize` in a fresh process: the default (multiprocess) executor."""
+    """`dagster asset materialize` in a fresh process (the multiprocess executor unless `env`
+    chooses another), on a SQLite instance in `home` unless it already has a dagster.yaml."""
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    if not (home / "dagster.yaml").exists():  # a test may bring its own instance
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     cmd = [
         sys.executable, "-m", "dagster", "asset", "materialize",
         "-m", module, "--select", select, "--partition", partition,

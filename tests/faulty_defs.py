@@ -21,8 +21,9 @@ from upath import UPath
 
 from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory
-from dagster_defs.definitions import EXECUTOR, build_definitions
+from dagster_defs.definitions import build_definitions
 from dagster_defs.deployments import local_resources
+from dagster_defs.executors import MULTIPROCESS
 
 
 class FaultyObjectStore(LocalObjectStore):
@@ -59,7 +60,7 @@ def build() -> dg.Definitions:
     return build_definitions(
         resources,
         Path(os.environ["BI_TEST_PIPELINES_DIR"]),
-        executor=dg.in_process_executor if in_process else EXECUTOR,
+        executor=dg.in_process_executor if in_process else MULTIPROCESS,
     )
 
 

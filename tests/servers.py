@@ -1,6 +1,10 @@
 """Real protocol peers for tests: moto's S3 server and fakesnow's Snowflake server, on 127.0.0.1."""
 
 import contextlib
+import os
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -165,3 +169,52 @@ def webhook_recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         yield f"http://127.0.0.1:{server.server_port}/hooks/alerts", received
     finally:
         server.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL server on 127.0.0.1 (initdb + pg_ctl from the machine's
+    PostgreSQL), as DAGSTER_PG_* settings. Postgres refuses to run as root: as root it runs as
+    the `postgres` user."""
+    bindir = Path(
+        subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    with tempfile.TemporaryDirectory(prefix="bi-pg-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        if as_owner:
+            shutil.chown(tmp, "postgres")
+            shutil.chown(data, "postgres")
+        subprocess.run(
+            [*as_owner, str(bindir / "initdb"), "-D", str(data), "-U", "dagster", "-A", "trust"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        port = _free_port()
+        options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-o", options,
+             "-l", str(Path(tmp) / "log"), "-w", "start"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        try:
+            yield {
+                "DAGSTER_PG_HOST": "127.0.0.1",
+                "DAGSTER_PG_PORT": str(port),
+                "DAGSTER_PG_DB": "postgres",
+                "DAGSTER_PG_USERNAME": "dagster",
+                "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+            }
+        finally:
+            subprocess.run(
+                [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                capture_output=True, check=False,
+            )  # fmt: skip

@@ -1,14 +1,17 @@
 """Servers for the production path: S3 (moto) and Snowflake (fakesnow), started per session."""
 
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fakesnow
 import pytest
 import s3fs
 
-from tests.servers import S3_KEY, S3_SECRET, moto_s3
+from tests.conftest import DEPLOY
+from tests.servers import S3_KEY, S3_SECRET, moto_s3, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +32,27 @@ def s3_bucket(s3_endpoint: str) -> str:
 def snowflake_server() -> Iterator[dict[str, Any]]:
     with fakesnow.server() as kwargs:
         yield kwargs
+
+
+@pytest.fixture
+def production_instance(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A DAGSTER_HOME holding the production dagster.yaml as shipped, and the environment it
+    reads: a throwaway PostgreSQL server for storage, the moto S3 bucket for step logs."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    with postgres_server() as postgres:
+        yield (
+            home,
+            {
+                **postgres,
+                "DAGSTER_HOME": str(home),
+                "BATCH_INFERENCE_S3_BUCKET": s3_bucket,
+                "AWS_ENDPOINT_URL_S3": s3_endpoint,
+                "AWS_ACCESS_KEY_ID": S3_KEY,
+                "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
+        )

@@ -1,0 +1,125 @@
+"""The executor per deployment: where the steps of a run (the shard fan-out above all) execute.
+
+Chosen by BATCH_INFERENCE_EXECUTOR when the code location loads:
+  multiprocess  one process per step on the run's machine (the default; forkserver)
+  celery        steps go to warm Celery workers on any number of machines, through a broker
+  k8s           each step in its own Kubernetes pod (dagster-k8s), sized from the pipeline spec
+
+The library never knows which one runs. dagster-dask is deliberately not offered: it silently
+dropped dynamic (shard) steps (see PITFALLS.md).
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from batch_inference_assets import PipelineSpec
+from batch_inference_assets.factory import score_op_name
+
+EXECUTORS = ("multiprocess", "celery", "k8s")
+
+# Steps fork from a server that has already imported the heavy modules (see PITFALLS.md).
+MULTIPROCESS = dg.multiprocess_executor.configured(
+    {
+        "start_method": {
+            "forkserver": {
+                "preload_modules": ["batch_inference_assets", "dagster_defs.definitions"]
+            }
+        }
+    }
+)
+
+# Every worker imports the code location, so the first step of a run does not pay for it.
+CELERY_INCLUDE = ["dagster_defs.definitions"]
+
+
+def celery_config() -> dict[str, Any]:
+    """The Celery executor's config; workers must be started with the same (see celery_worker).
+
+    Production: BATCH_INFERENCE_CELERY_BROKER (redis://… or amqp://…) and, optionally,
+    BATCH_INFERENCE_CELERY_BACKEND (defaults to the broker for Redis, rpc:// otherwise); both are
+    resolved when a run starts, so credentials in the URLs stay in the environment.
+    One machine without any service: BATCH_INFERENCE_CELERY_DIR, a folder used as a
+    `filesystem://` broker with a `file://` result backend.
+    """
+    broker = os.environ.get("BATCH_INFERENCE_CELERY_BROKER")
+    folder = os.environ.get("BATCH_INFERENCE_CELERY_DIR")
+    if broker and folder:
+        raise ValueError(
+            "set BATCH_INFERENCE_CELERY_BROKER or BATCH_INFERENCE_CELERY_DIR, not both"
+        )
+    config: dict[str, Any] = {"include": CELERY_INCLUDE}
+    if broker:
+        config["broker"] = {"env": "BATCH_INFERENCE_CELERY_BROKER"}
+        if os.environ.get("BATCH_INFERENCE_CELERY_BACKEND"):
+            config["backend"] = {"env": "BATCH_INFERENCE_CELERY_BACKEND"}
+        elif broker.startswith(("redis://", "rediss://")):
+            config["backend"] = {"env": "BATCH_INFERENCE_CELERY_BROKER"}
+        return config
+    if folder:
+        return {**config, **filesystem_broker(Path(folder))}
+    raise ValueError(
+        "BATCH_INFERENCE_EXECUTOR=celery needs BATCH_INFERENCE_CELERY_BROKER (redis:// or "
+        "amqp:// URL) or BATCH_INFERENCE_CELERY_DIR (a folder for a one-machine broker)"
+    )
+
+
+def filesystem_broker(folder: Path) -> dict[str, Any]:
+    """Celery's `filesystem://` broker and `file://` backend: real workers, no service."""
+    folder = folder.resolve()
+    queue, processed, results = folder / "queue", folder / "processed", folder / "results"
+    for d in (queue, processed, results):
+        d.mkdir(parents=True, exist_ok=True)
+    return {
+        "broker": "filesystem://",
+        "backend": f"file://{results}",
+        "config_source": {
+            "broker_transport_options": {
+                "data_folder_in": str(queue),
+                "data_folder_out": str(queue),
+                "data_folder_processed": str(processed),
+            }
+        },
+    }
+
+
+def k8s_config(specs: list[PipelineSpec]) -> dict[str, Any]:
+    """k8s_job_executor config: each shard step's pod requests what its spec says."""
+    config: dict[str, Any] = {
+        "per_step_k8s_config": {score_op_name(s.name): shard_pod(s) for s in specs},
+    }
+    if os.environ.get("BATCH_INFERENCE_K8S_NAMESPACE"):
+        config["job_namespace"] = {"env": "BATCH_INFERENCE_K8S_NAMESPACE"}
+    if os.environ.get("BATCH_INFERENCE_K8S_MAX_PODS"):
+        config["max_concurrent"] = {"env": "BATCH_INFERENCE_K8S_MAX_PODS"}
+    return config
+
+
+def shard_pod(spec: PipelineSpec) -> dict[str, Any]:
+    need = spec.sharding.step_resources
+    return {
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": need.cpu, "memory": need.memory},
+                "limits": {"memory": need.memory},
+            }
+        },
+        "pod_template_spec_metadata": {"labels": {"batch-inference/pipeline": spec.name}},
+    }
+
+
+def chosen_executor(specs: list[PipelineSpec]) -> dg.ExecutorDefinition:
+    name = os.environ.get("BATCH_INFERENCE_EXECUTOR") or "multiprocess"
+    if name == "multiprocess":
+        return MULTIPROCESS
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(celery_config())
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured(k8s_config(specs))
+    raise ValueError(f"BATCH_INFERENCE_EXECUTOR must be one of {EXECUTORS}, not {name!r}")

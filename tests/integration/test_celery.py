@@ -1,0 +1,142 @@
+"""The shard fan-out on Celery: real worker processes, a filesystem broker, the user's command.
+
+Two workers (one process each, as if on two machines) are started the way the README says,
+with `python -m dagster_defs.celery_worker`, and `dagster asset materialize` submits the run's
+steps to them. The partition must come out exactly as the multiprocess executor publishes it.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from dagster_defs.demo.seed import FIRST_DAY, seed
+from dagster_defs.deployments import local_resources
+from tests.conftest import DAY, materialize_cli, read_table, write_test_pipelines
+
+pytestmark = pytest.mark.slow
+
+# Enough rows for many shards: DuckDB will not cut a day into row groups under ~2,048 rows.
+CUSTOMERS = 24_000
+SHARD_ROWS = 3_000
+SHARDS = CUSTOMERS // SHARD_ROWS
+
+
+def pipelines_with_small_shards(folder: Path) -> Path:
+    write_test_pipelines(folder, max_retries=0, delay_seconds=0)
+    path = folder / "churn.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["sharding"].update(target_rows=SHARD_ROWS, max_parallel=SHARDS)
+    path.write_text(yaml.safe_dump(raw))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def large_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("large")
+    days = (date.fromisoformat(DAY) - FIRST_DAY).days + 1
+    seed(root, customers=CUSTOMERS, days=days, train_days=days - 3, holdout_days=2)
+    return root
+
+
+@pytest.fixture
+def celery_env(
+    large_template: Path, tmp_path: Path, production_instance: tuple[Path, dict[str, str]]
+) -> dict[str, str]:
+    """What the code location and every worker share: the production instance (Postgres),
+    the broker, the data and the pipeline YAML."""
+    root = tmp_path / "data"
+    shutil.copytree(large_template, root)
+    return {
+        **production_instance[1],
+        "BATCH_INFERENCE_ROOT": str(root),
+        "BATCH_INFERENCE_PIPELINES_DIR": str(pipelines_with_small_shards(tmp_path / "pipelines")),
+        "BATCH_INFERENCE_EXECUTOR": "celery",
+        "BATCH_INFERENCE_CELERY_DIR": str(tmp_path / "broker"),
+    }
+
+
+@pytest.fixture
+def workers(celery_env: dict[str, str], tmp_path: Path) -> Iterator[list[Path]]:
+    logs, procs = [], []
+    for i in range(2):
+        log = tmp_path / f"worker{i}.log"
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dagster_defs.celery_worker",
+                 "--concurrency", "1", "--name", f"worker{i}@test"],
+                env={**os.environ, **celery_env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )  # fmt: skip
+        logs.append(log)
+    deadline = time.monotonic() + 60
+    while not all("ready." in log.read_text() for log in logs):
+        for p, log in zip(procs, logs, strict=True):
+            assert p.poll() is None, f"worker exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "workers not ready:\n" + logs[0].read_text()[-3000:]
+        time.sleep(0.2)
+    yield logs
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def step_workers(home: Path, env: dict[str, str]) -> dict[str, str]:
+    """step key -> the Celery worker that executed it, from the run's engine events."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            run = instance.get_runs(limit=1)[0]
+            records = instance.get_records_for_run(
+                run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
+            ).records
+    out = {}
+    for r in records:
+        event = r.event_log_entry.dagster_event
+        meta = event.engine_event_data.metadata if event else {}
+        if "Celery worker" in meta:
+            out[r.event_log_entry.step_key] = str(meta["Celery worker"].value)
+    return out
+
+
+def test_celery_workers_score_a_partition_like_the_multiprocess_executor(
+    celery_env: dict[str, str], workers: list[Path], large_template: Path, tmp_path: Path
+) -> None:
+    home = Path(celery_env["DAGSTER_HOME"])
+    done = materialize_cli("group:churn", DAY, home, celery_env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran_on = step_workers(home, celery_env)
+    shard_steps = {k: w for k, w in ran_on.items() if "score_shard[" in k}
+    assert len(shard_steps) == SHARDS
+    assert set(ran_on.values()) == {"worker0@test", "worker1@test"}  # both machines worked
+    celery_table = read_table(local_resources(Path(celery_env["BATCH_INFERENCE_ROOT"])))
+    assert celery_table.num_rows == CUSTOMERS
+
+    # The same partition with the default multiprocess executor, on a fresh copy of the data.
+    other_root = tmp_path / "multiprocess"
+    shutil.copytree(large_template, other_root)
+    env = {
+        "BATCH_INFERENCE_ROOT": str(other_root),
+        "BATCH_INFERENCE_PIPELINES_DIR": celery_env["BATCH_INFERENCE_PIPELINES_DIR"],
+        "BATCH_INFERENCE_EXECUTOR": "multiprocess",
+    }
+    done = materialize_cli("group:churn", DAY, tmp_path / "sqlite_home", env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    multiprocess_table = read_table(local_resources(other_root))
+    compared = [c for c in celery_table.column_names if c not in ("run_id", "scored_at")]
+    assert celery_table.select(compared).equals(multiprocess_table.select(compared))
