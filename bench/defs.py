@@ -11,6 +11,7 @@ from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.store import ModelStore
 from dagster_defs.definitions import build_definitions
 from dagster_defs.deployments import role_resources
+from dagster_defs.executors import chosen_executor
 
 PIPELINES = Path(__file__).parent / "pipelines"
 
@@ -25,12 +26,24 @@ def build() -> dg.Definitions:
         ModelStore(store=LocalObjectStore(root=str(root / "models"))),
     )
     specs = load_specs(PIPELINES)
+    if os.environ.get("BENCH_SHARD_ROWS"):
+        rows = int(os.environ["BENCH_SHARD_ROWS"])
+        specs = [
+            s.model_copy(
+                update={
+                    "sharding": s.sharding.model_copy(
+                        update={"target_rows": rows, "max_parallel": 1024}
+                    )
+                }
+            )
+            for s in specs
+        ]
     if os.environ.get("BENCH_COMPILED") == "1":
         specs = [
             s.model_copy(update={"model": s.model.model_copy(update={"predictor": "compiled"})})
             for s in specs
         ]
-    return build_definitions(resources, specs=specs)
+    return build_definitions(resources, specs=specs, executor=chosen_executor(specs))
 
 
 @dg.definitions
