@@ -8,10 +8,7 @@ import pyarrow as pa
 
 from batch_inference_assets import stats
 from batch_inference_assets.features import FeatureProfile
-from batch_inference_assets.publish import (
-    BLOCKING_CHECKS as PREDICTION_BLOCKING_CHECKS,
-)
-from batch_inference_assets.publish import GateResult
+from batch_inference_assets.publish import GateResult, blocking_checks
 from batch_inference_assets.records import FeatureExport, ModelHandle, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
 
@@ -31,6 +28,7 @@ SOURCE_BLOCKING_CHECKS = (
 # predictions (the blocking ones gate the transaction, see publish.py)
 POSITIVE_RATE_WITHIN_BOUNDS = "positive_rate_within_bounds"
 MEAN_CONFIDENCE_WITHIN_BOUNDS = "mean_confidence_within_bounds"
+MEAN_SCORE_WITHIN_BOUNDS = "mean_score_within_bounds"
 
 # drift_stats
 SCORE_DRIFT_BELOW_THRESHOLD = "score_drift_below_threshold"
@@ -49,12 +47,20 @@ def source_feature_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return _specs(key, SOURCE_BLOCKING_CHECKS, [NULL_RATES_BELOW_THRESHOLD])
 
 
-def prediction_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    return _specs(
-        key,
-        PREDICTION_BLOCKING_CHECKS,
-        [POSITIVE_RATE_WITHIN_BOUNDS, MEAN_CONFIDENCE_WITHIN_BOUNDS],
-    )
+def prediction_bound_checks(spec: PipelineSpec) -> list[str]:
+    """The warn-only checks on a partition's predictions that fit the model kind."""
+    names = []
+    if spec.model.kind == "lightgbm_binary":
+        names.append(POSITIVE_RATE_WITHIN_BOUNDS)
+    if spec.model.is_classifier:
+        names.append(MEAN_CONFIDENCE_WITHIN_BOUNDS)
+    if spec.checks.mean_score is not None:
+        names.append(MEAN_SCORE_WITHIN_BOUNDS)
+    return names
+
+
+def prediction_specs(key: dg.AssetKey, spec: PipelineSpec) -> list[dg.AssetCheckSpec]:
+    return _specs(key, blocking_checks(spec.model.is_classifier), prediction_bound_checks(spec))
 
 
 def drift_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
@@ -137,6 +143,22 @@ def evaluate_source_features(
     return results
 
 
+def nothing_new(export: FeatureExport, published: int) -> list[dg.AssetCheckResult]:
+    """Incremental mode, every id of the partition already published: an idempotent no-op."""
+    note = f"nothing new to score: {published} rows already published for the partition"
+    return [
+        dg.AssetCheckResult(check_name=name, passed=True, description=note)
+        for name in (PARTITION_IS_NOT_EMPTY, FEATURES_MATCH_MODEL, IDS_ARE_UNIQUE)
+    ] + [
+        dg.AssetCheckResult(
+            check_name=NULL_RATES_BELOW_THRESHOLD,
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=note,
+        )
+    ]
+
+
 def evaluate_row_limit(spec: PipelineSpec, export: FeatureExport) -> dg.AssetCheckResult:
     limit = spec.limits.max_rows
     return dg.AssetCheckResult(
@@ -158,25 +180,33 @@ def evaluate_prediction_bounds(
     spec: PipelineSpec, scored: ScoredShards
 ) -> list[dg.AssetCheckResult]:
     rows = scored.rows or 1
-    positive_rate = sum(s.positives for s in scored.shards) / rows
-    mean_confidence = sum(s.confidence_sum for s in scored.shards) / rows
-    pr, mc = spec.checks.positive_rate, spec.checks.mean_confidence
-    return [
-        dg.AssetCheckResult(
-            check_name=POSITIVE_RATE_WITHIN_BOUNDS,
-            passed=pr.min <= positive_rate <= pr.max,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"positive rate {positive_rate:.4f}, bounds [{pr.min}, {pr.max}]",
-            metadata={"positive_rate": positive_rate},
+    values = {
+        POSITIVE_RATE_WITHIN_BOUNDS: (
+            "positive rate", sum(s.positives for s in scored.shards) / rows,
+            spec.checks.positive_rate,
         ),
-        dg.AssetCheckResult(
-            check_name=MEAN_CONFIDENCE_WITHIN_BOUNDS,
-            passed=mc.min <= mean_confidence <= mc.max,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"mean confidence {mean_confidence:.4f}, bounds [{mc.min}, {mc.max}]",
-            metadata={"mean_confidence": mean_confidence},
+        MEAN_CONFIDENCE_WITHIN_BOUNDS: (
+            "mean confidence", sum(s.confidence_sum for s in scored.shards) / rows,
+            spec.checks.mean_confidence,
         ),
-    ]
+        MEAN_SCORE_WITHIN_BOUNDS: (
+            "mean score", sum(s.score_sum for s in scored.shards) / rows, spec.checks.mean_score,
+        ),
+    }  # fmt: skip
+    results = []
+    for name in prediction_bound_checks(spec):
+        what, value, bounds = values[name]
+        assert bounds is not None  # prediction_bound_checks only lists configured bounds
+        results.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=bounds.min <= value <= bounds.max,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"{what} {value:.4f}, bounds [{bounds.min}, {bounds.max}]",
+                metadata={what.replace(" ", "_"): value},
+            )
+        )
+    return results
 
 
 def _psi_result(name: str, value: float, what: str, spec: PipelineSpec) -> dg.AssetCheckResult:

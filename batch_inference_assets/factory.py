@@ -24,9 +24,7 @@ from batch_inference_assets.contracts import arrow_schema_to_table_schema
 from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
-from batch_inference_assets.models import compiled
-from batch_inference_assets.models.lightgbm_model import BinaryPredictor
-from batch_inference_assets.models.protocol import Predictor
+from batch_inference_assets.models import compiled, kinds
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
 from batch_inference_assets.records import (
     FeatureExport,
@@ -88,7 +86,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
     @dg.asset(
         key=key("model"),
         description=f"The model {spec.model.name}@{spec.model.ref} resolved for this partition.",
-        kinds={"lightgbm"},
+        kinds={"python" if spec.model.kind == "python" else "lightgbm"},
         **common,
     )
     def model(context: dg.AssetExecutionContext, model_store: ModelStore) -> dg.Output[ModelHandle]:
@@ -98,13 +96,24 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             )
         except (ModelStoreError, ValidationError) as err:
             raise fail(context, "model", str(err)) from err
+        problems = kinds.check_declared_classes(handle, spec.model_output_columns)
+        if handle.kind != spec.model.kind:
+            problems.insert(
+                0,
+                f"the pipeline declares a {spec.model.kind} model but "
+                f"{spec.model.name}@{spec.model.ref} is {handle.kind} (version {handle.version})",
+            )
+        if problems:
+            raise fail(context, "model", "; ".join(problems))
         metadata: dict[str, Any] = {
             "model_version": handle.version,
             "model_ref": spec.model.ref,
             "uri": dg.MetadataValue.path(handle.uri),
             "features": len(handle.features),
+            "kind": handle.kind,
+            **({"classes": ", ".join(handle.classes)} if handle.classes else {}),
         }
-        if spec.model.predictor == "compiled":
+        if spec.model.predictor == "compiled" and handle.kind in compiled.KINDS:
             cache = model_store.store.open_path(compiled.cache_path(handle))
             started = time.perf_counter()
             try:
@@ -153,7 +162,15 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             profile = features.profile_export(
                 export, spec.features.id_columns, [f.name for f in model.features], object_store
             )
-        results = checks.evaluate_source_features(spec, export, model, schema, problems, profile)
+        published = 0
+        if spec.output.mode == "incremental" and export.rows == 0:
+            published = features.published_rows(spec, warehouse, day)
+        if published:  # incremental, nothing new: every id of the day is already scored
+            results = checks.nothing_new(export, published)
+        else:
+            results = checks.evaluate_source_features(
+                spec, export, model, schema, problems, profile
+            )
         results.append(checks.evaluate_row_limit(spec, export))
         yield dg.Output(
             export,
@@ -213,19 +230,21 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         model: ModelHandle,
     ) -> dg.Output[ShardScore]:
         try:
-            lightgbm = BinaryPredictor(
-                model_store.read_model_text(model), spec.model.predict_threads
+            base = kinds.load_predictor(
+                model.kind, model_store.read_model_text(model), spec.model.predict_threads
             )
-        except ModelStoreError as err:
+        except (ModelStoreError, ValueError) as err:
             raise fail(context, f"scoring {shard.key}", str(err)) from err
-        predictor: Predictor = lightgbm
+        predictor: Any = base
         cache = model_store.store.open_path(compiled.cache_path(model))
-        if spec.model.predictor != "lightgbm" and cache.exists():
+        compilable = model.kind in compiled.KINDS
+        if compilable and spec.model.predictor != "lightgbm" and cache.exists():
             predictor = compiled.CompiledPredictor(
-                model_store.store.open_path(model.uri), cache, lightgbm, spec.model.predict_threads
+                model_store.store.open_path(model.uri), cache, base, spec.model.predict_threads
             )
         elif spec.model.predictor == "compiled":
             context.log.warning(f"no compiled predictor at {cache}; scoring with LightGBM")
+        scorer = kinds.Scorer(model, predictor, spec.output_contract, spec.model_output_columns)
         run = scoring.ScoringRun(
             pipeline=name,
             partition=_day(context),
@@ -238,7 +257,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         )
         stage = f"scoring {shard.key}"
         try:
-            result = scoring.score_shard(shard, model, predictor, run, object_store)
+            result = scoring.score_shard(shard, model, scorer, run, object_store)
         except scoring.ShardTimeout as err:
             raise fail(context, stage, str(err), retryable=True) from err
         except OSError as err:  # storage hiccups: worth the retry policy
@@ -260,6 +279,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                 "peak_rss_mb": round(result.peak_rss_bytes / 2**20, 1),
                 "path": result.path,
                 "predictor": getattr(predictor, "kind", "lightgbm"),
+                "model_kind": model.kind,
                 **done.metadata(),
             },
         )
@@ -309,7 +329,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
     @dg.asset(
         key=key("predictions"),
         ins={"scored": dg.AssetIn(key("scored_shards"))},
-        check_specs=checks.prediction_specs(key("predictions")),
+        check_specs=checks.prediction_specs(key("predictions"), spec),
         description=f"Predictions published to {output_table}, one partition replaced atomically.",
         metadata={"dagster/table_name": output_table},
         kinds={"table"},

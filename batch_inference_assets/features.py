@@ -3,17 +3,18 @@
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from batch_inference_assets.contracts import quote_identifier
+from batch_inference_assets.contracts import quote_identifier, sql_identifier
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import QueryTag, Warehouse
 from batch_inference_assets.records import ExportedFile, FeatureExport, RowGroup
-from batch_inference_assets.spec import PipelineSpec
+from batch_inference_assets.spec import PARTITION_COLUMN, PipelineSpec
 from batch_inference_assets.sql import SqlTemplate, partition_values
 
 MAX_EXPORT_FILE_BYTES = 256 * 1024 * 1024
@@ -50,6 +51,35 @@ def read_schema(path: UPath) -> pa.Schema:
         return pq.read_schema(fh)
 
 
+def only_unpublished(
+    spec: PipelineSpec, warehouse: Warehouse, sql: str, params: list[Any], day: date
+) -> tuple[str, list[Any]]:
+    """Incremental mode: the feature rows whose ids the partition does not have yet."""
+    table = warehouse.published_table(spec.output.table)
+    if table is None:
+        return sql, params
+    ids = " AND ".join(
+        f"o.{sql_identifier(c, warehouse.dialect)} = f.{sql_identifier(c, warehouse.dialect)}"
+        for c in spec.features.id_columns
+    )
+    part = sql_identifier(PARTITION_COLUMN, warehouse.dialect)
+    wrapped = (
+        f"SELECT f.* FROM ({sql}) AS f WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {table} AS o WHERE o.{part} = ? AND {ids})"
+    )
+    return wrapped, [*params, day]
+
+
+def published_rows(spec: PipelineSpec, warehouse: Warehouse, day: date) -> int:
+    """Rows the output table already holds for the partition (0 before its first run)."""
+    table = warehouse.published_table(spec.output.table)
+    if table is None:
+        return 0
+    part = sql_identifier(PARTITION_COLUMN, warehouse.dialect)
+    result = warehouse.query(f"SELECT COUNT(*) AS n FROM {table} WHERE {part} = ?", [day])
+    return int(result.column(0)[0].as_py())
+
+
 def export_features(
     spec: PipelineSpec,
     warehouse: Warehouse,
@@ -60,6 +90,8 @@ def export_features(
 ) -> FeatureExport:
     partition = day.isoformat()
     sql, params = render_query(spec, warehouse.feature_schema, day, window)
+    if spec.output.mode == "incremental":
+        sql, params = only_unpublished(spec, warehouse, sql, params, day)
     folder = f"{spec.name}/features/{partition}"
     object_store.remove_tree(object_store.path(folder))  # a re-run must not keep stale files
     started = time.perf_counter()

@@ -36,6 +36,15 @@ BLOCKING_CHECKS = (
 )
 
 
+def blocking_checks(classifier: bool) -> tuple[str, ...]:
+    """Scores of a regression (or a python model) need not lie in [0, 1]."""
+    return (
+        BLOCKING_CHECKS
+        if classifier
+        else tuple(c for c in BLOCKING_CHECKS if c != SCORES_IN_UNIT_INTERVAL)
+    )
+
+
 def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> list[GateResult]:
     in_range = staged.rows == 0 or (
         staged.min_score is not None
@@ -43,7 +52,7 @@ def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> l
         and staged.min_score >= 0.0
         and staged.max_score <= 1.0
     )
-    return [
+    gates = [
         GateResult(
             ROW_COUNT_MATCHES_SOURCE,
             staged.rows == source_rows and staged.other_partitions == 0,
@@ -59,13 +68,14 @@ def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> l
         ),
         GateResult(
             SCORES_IN_UNIT_INTERVAL,
-            in_range or not classifier,
+            in_range,
             f"scores span [{staged.min_score}, {staged.max_score}]",
         ),
         GateResult(
             IDS_ARE_UNIQUE, staged.duplicate_ids == 0, f"{staged.duplicate_ids} duplicated ids"
         ),
     ]
+    return [g for g in gates if g.check_name in blocking_checks(classifier)]
 
 
 def publish_partition(
@@ -78,11 +88,17 @@ def publish_partition(
 ) -> tuple[StagedStats, list[GateResult]]:
     """Replace (or append to) the partition in one transaction, only if every gate passes."""
     gates: list[GateResult] = []
+    classifier = spec.model.is_classifier
 
     def validate(staged: StagedStats) -> None:
-        gates.extend(evaluate_gates(staged, scored.source_rows, classifier=True))
+        gates.extend(evaluate_gates(staged, scored.source_rows, classifier))
         if not all(g.passed for g in gates):
             raise PublicationRejected(gates)
+
+    if not scored.paths:  # incremental mode with nothing new: the table stays as it is
+        nothing = StagedStats(0, 0, None, None, 0, 0)
+        validate(nothing)
+        return nothing, gates
 
     staged = warehouse.publish(
         PublishRequest(

@@ -38,6 +38,8 @@ class ModelHandle(Record):
         description="Training distribution per feature and for the score ('__score__')."
     )
     label_threshold: float = 0.5
+    classes: list[str] = Field(default_factory=list, description="Multiclass: in output order.")
+    metrics: dict[str, float] = Field(default_factory=dict)
 
     def feature_contract(self) -> Contract:
         return Contract.of(Column(f.name, f.type) for f in self.features)
@@ -101,6 +103,7 @@ class ShardScore(Record):
     peak_rss_bytes: int
     positives: int
     confidence_sum: float
+    score_sum: float = 0.0
     histograms: dict[str, Histogram]
 
 
@@ -127,3 +130,38 @@ class PublishedPartition(Record):
     table: str
     rows: int
     mode: str
+
+
+class CandidateModel(Record):
+    """A trained candidate and what the promotion gate compares."""
+
+    pipeline: str
+    model: str
+    version: str
+    kind: str
+    metric: str
+    value: float
+    higher_is_better: bool
+    threshold: float
+    tolerance: float
+    champion_version: str | None
+    champion_value: float | None
+    window_start: str
+    window_end: str
+    train_rows: int
+    holdout_rows: int
+    seconds: float
+
+
+class Promotion(Record):
+    model: str
+    alias: str
+    version: str
+    previous: str | None
+
+
+class ExportedPredictions(Record):
+    pipeline: str
+    partition: str
+    files: dict[str, list[str]] = Field(description="format -> files in the object store")
+    rows: int

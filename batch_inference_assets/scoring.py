@@ -15,10 +15,10 @@ from batch_inference_assets import stats
 from batch_inference_assets.contracts import Contract
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import place_file, temp_file_for
+from batch_inference_assets.models.kinds import Scored, Scorer
 from batch_inference_assets.models.matrix import feature_matrix
-from batch_inference_assets.models.protocol import Predictor
 from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardScore
-from batch_inference_assets.spec import LABEL_COLUMN, PARTITION_COLUMN, SCORE_COLUMN
+from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN
 
 FEATURE_SAMPLE_ROWS_PER_BATCH = 8_192
 
@@ -63,24 +63,21 @@ def iter_shard_batches(
 
 
 def output_batch(
-    batch: pa.RecordBatch, scores: np.ndarray, model: ModelHandle, run: ScoringRun
+    batch: pa.RecordBatch, scored: Scored, model: ModelHandle, run: ScoringRun
 ) -> pa.RecordBatch:
     n = batch.num_rows
     schema = run.output.arrow_schema()
     values: dict[str, pa.Array] = {
-        SCORE_COLUMN: pa.array(scores, type=pa.float64()),
+        **scored.columns,
+        SCORE_COLUMN: pa.array(scored.score, type=pa.float64()),
         "model_version": pa.repeat(pa.scalar(model.version, pa.string()), n),
         "scored_at": pa.repeat(pa.scalar(run.scored_at, schema.field("scored_at").type), n),
         "run_id": pa.repeat(pa.scalar(run.run_id, pa.string()), n),
         PARTITION_COLUMN: pa.repeat(pa.scalar(run.partition, pa.date32()), n),
     }
-    if LABEL_COLUMN in run.output.names:
-        values[LABEL_COLUMN] = pa.array(
-            (scores >= model.label_threshold).astype(np.int64), type=pa.int64()
-        )
     for name in run.id_columns:
         values[name] = batch.column(name).cast(schema.field(name).type)
-    return pa.RecordBatch.from_arrays([values[f.name] for f in schema], schema=schema)
+    return pa.RecordBatch.from_arrays([values[f.name].cast(f.type) for f in schema], schema=schema)
 
 
 class _ShardAccumulator:
@@ -91,6 +88,7 @@ class _ShardAccumulator:
         self.rows = 0
         self.positives = 0
         self.confidence_sum = 0.0
+        self.score_sum = 0.0
 
     def add(self, x: np.ndarray, scores: np.ndarray) -> None:
         # Feature histograms from a systematic sample (PSI needs distributions, not every row);
@@ -104,8 +102,12 @@ class _ShardAccumulator:
             scores, self.model.reference[stats.SCORE_KEY].edges
         )
         self.rows += len(scores)
-        self.positives += int((scores >= self.model.label_threshold).sum())
-        self.confidence_sum += float(np.maximum(scores, 1.0 - scores).sum())
+        self.score_sum += float(np.nansum(scores))
+        if self.model.kind == "lightgbm_binary":
+            self.positives += int((scores >= self.model.label_threshold).sum())
+            self.confidence_sum += float(np.maximum(scores, 1.0 - scores).sum())
+        elif self.model.kind == "lightgbm_multiclass":  # the score is the argmax probability
+            self.confidence_sum += float(scores.sum())
 
     def histograms(self) -> dict[str, Histogram]:
         return {
@@ -117,7 +119,7 @@ class _ShardAccumulator:
 def score_shard(
     shard: Shard,
     model: ModelHandle,
-    predictor: Predictor,
+    scorer: Scorer,
     run: ScoringRun,
     object_store: ObjectStore,
 ) -> ShardScore:
@@ -131,9 +133,9 @@ def score_shard(
         with pq.ParquetWriter(tmp, run.output.arrow_schema(), compression="zstd") as writer:
             for batch in iter_shard_batches(shard, columns, run.batch_rows, object_store):
                 x = feature_matrix(batch, model.features)
-                scores = predictor.predict(x)
-                acc.add(x, scores)
-                writer.write_batch(output_batch(batch, scores, model, run))
+                scored = scorer.score(batch, x)
+                acc.add(x, scored.score)
+                writer.write_batch(output_batch(batch, scored, model, run))
                 elapsed = time.perf_counter() - started
                 if elapsed > run.timeout_seconds:
                     raise ShardTimeout(
@@ -152,5 +154,6 @@ def score_shard(
         peak_rss_bytes=peak_rss_bytes(),
         positives=acc.positives,
         confidence_sum=acc.confidence_sum,
+        score_sum=acc.score_sum,
         histograms=acc.histograms(),
     )

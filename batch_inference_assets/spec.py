@@ -23,7 +23,13 @@ SYSTEM_OUTPUT_COLUMNS: dict[str, ColumnType] = {
     "run_id": "string",
     PARTITION_COLUMN: "date",
 }
-OPTIONAL_OUTPUT_COLUMNS: dict[str, ColumnType] = {LABEL_COLUMN: "int64"}
+ModelKind = Literal["lightgbm_binary", "lightgbm_multiclass", "lightgbm_regression", "python"]
+PROB_PREFIX = "prob_"
+# The label column's type by kind; regression has none, a python model declares its own.
+LABEL_TYPES: dict[str, ColumnType] = {
+    "lightgbm_binary": "int64",
+    "lightgbm_multiclass": "string",
+}
 
 
 class SpecError(ValueError):
@@ -55,7 +61,10 @@ class FeatureQuery(_Strict):
 class ModelSpec(_Strict):
     name: str
     ref: str = Field(default="champion", description="An alias (e.g. champion) or a version.")
-    kind: Literal["lightgbm_binary"] = "lightgbm_binary"
+    kind: ModelKind = Field(
+        default="lightgbm_binary",
+        description="Must match the stored model's kind; python: a registered predict_fn.",
+    )
     label_threshold: float = Field(default=0.5, gt=0, lt=1)
     predictor: Literal["auto", "compiled", "lightgbm"] = Field(
         default="auto",
@@ -70,6 +79,16 @@ class ModelSpec(_Strict):
     def _name_is_identifier(cls, v: str) -> str:
         return validate_identifier(v, "model name")
 
+    @model_validator(mode="after")
+    def _compiled_fits_the_kind(self) -> "ModelSpec":
+        if self.predictor == "compiled" and self.kind in ("lightgbm_multiclass", "python"):
+            raise ValueError(f"predictor: compiled is not available for {self.kind} models")
+        return self
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.kind in LABEL_TYPES
+
 
 class OutputColumn(_Strict):
     name: str
@@ -80,7 +99,11 @@ class OutputColumn(_Strict):
 
 class OutputTable(_Strict):
     table: str
-    mode: Literal["replace_partition", "append"] = "replace_partition"
+    mode: Literal["replace_partition", "append", "incremental"] = Field(
+        default="replace_partition",
+        description="replace_partition: the partition is replaced atomically; incremental: "
+        "score only ids not yet in the table for the partition, then append them.",
+    )
     columns: list[OutputColumn] = Field(min_length=1)
 
     @field_validator("table")
@@ -145,6 +168,9 @@ class CheckThresholds(_Strict):
     null_rate_overrides: dict[str, float] = Field(default_factory=dict)
     positive_rate: Bounds = Bounds(min=0.0, max=1.0)
     mean_confidence: Bounds = Bounds(min=0.5, max=1.0)
+    mean_score: Bounds | None = Field(
+        default=None, description="Bounds on the partition's mean score (any kind), warn only."
+    )
     psi_warn: float = Field(default=0.1, gt=0)
     psi_error: float = Field(default=0.25, gt=0)
 
@@ -204,6 +230,54 @@ class LimitSpec(_Strict):
     max_rows: int | None = Field(default=None, gt=0, description="Fail before scoring above.")
 
 
+class TrainingSpec(_Strict):
+    """The candidate model: LightGBM trained on a labelled window, promoted by a gate."""
+
+    sql: str = Field(
+        description="Labelled rows; :window_start and :window_end (dates, end exclusive) bound "
+        "them. Must return the model's features, `label` and a `date_column`."
+    )
+    label: str = "label"
+    date_column: str = "snapshot_date"
+    window_days: int = Field(default=60, ge=2)
+    holdout_days: int = Field(default=7, ge=1)
+    num_boost_round: int = Field(default=100, ge=1)
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    metric: Literal["auc", "accuracy", "logloss", "rmse", "mae"] = Field(
+        description="The holdout metric the promotion gate compares."
+    )
+    threshold: float = Field(
+        description="The metric must be at least this (auc, accuracy) or at most (logloss, "
+        "rmse, mae) to be promoted."
+    )
+    tolerance: float = Field(
+        default=0.0, ge=0, description="How much worse than the champion, on the same holdout."
+    )
+    promote_alias: str = "champion"
+
+    @model_validator(mode="after")
+    def _template_is_valid(self) -> "TrainingSpec":
+        unknown = set(SqlTemplate.parse(self.sql).params) - {"window_start", "window_end"}
+        if unknown:
+            raise ValueError(f"training sql: unknown parameters {sorted(unknown)}")
+        if self.holdout_days >= self.window_days:
+            raise ValueError("holdout_days must be less than window_days")
+        return self
+
+
+class TopK(_Strict):
+    k: int = Field(gt=0)
+    by: str = SCORE_COLUMN
+    descending: bool = True
+
+
+class ExportSpec(_Strict):
+    """Files of each published partition beside the table, in the object store."""
+
+    formats: list[Literal["parquet", "csv"]] = Field(default_factory=list)
+    top_k: TopK | None = None
+
+
 class PipelineSpec(_Strict):
     name: str
     description: str = ""
@@ -220,6 +294,8 @@ class PipelineSpec(_Strict):
     retries: RetrySpec = RetrySpec()
     timeouts: TimeoutSpec = TimeoutSpec()
     limits: LimitSpec = LimitSpec()
+    training: TrainingSpec | None = None
+    exports: ExportSpec = ExportSpec()
 
     @field_validator("name")
     @classmethod
@@ -228,10 +304,10 @@ class PipelineSpec(_Strict):
 
     @model_validator(mode="after")
     def _output_columns_are_complete(self) -> "PipelineSpec":
+        kind = self.model.kind
         declared = {c.name: c for c in self.output.columns}
-        expected = dict(SYSTEM_OUTPUT_COLUMNS)
         problems: list[str] = []
-        for name, typ in expected.items():
+        for name, typ in SYSTEM_OUTPUT_COLUMNS.items():
             if name not in declared:
                 problems.append(f"missing column {name!r} ({typ})")
             elif declared[name].type != typ:
@@ -240,30 +316,43 @@ class PipelineSpec(_Strict):
             if name not in declared:
                 problems.append(f"missing id column {name!r}")
         for name, col in declared.items():
-            if name in OPTIONAL_OUTPUT_COLUMNS and col.type != OPTIONAL_OUTPUT_COLUMNS[name]:
-                problems.append(
-                    f"column {name!r} must be {OPTIONAL_OUTPUT_COLUMNS[name]}, not {col.type}"
-                )
-            known = (
-                name in expected
-                or name in OPTIONAL_OUTPUT_COLUMNS
-                or name in self.features.id_columns
-            )
-            if not known:
-                problems.append(f"column {name!r} is not produced by scoring")
+            if name in SYSTEM_OUTPUT_COLUMNS or name in self.features.id_columns:
+                continue
+            if kind == "python":
+                continue  # produced by predict_fn, checked against it batch by batch
+            if name == LABEL_COLUMN:
+                if kind not in LABEL_TYPES:
+                    problems.append(f"column {name!r}: {kind} models have no label")
+                elif col.type != LABEL_TYPES[kind]:
+                    problems.append(
+                        f"column {name!r} must be {LABEL_TYPES[kind]} for {kind}, not {col.type}"
+                    )
+            elif name.startswith(PROB_PREFIX) and kind == "lightgbm_multiclass":
+                if col.type != "float64":
+                    problems.append(f"column {name!r} must be float64, not {col.type}")
+            else:
+                problems.append(f"column {name!r} is not produced by {kind} scoring")
+        if self.exports.top_k and self.exports.top_k.by not in declared:
+            problems.append(f"exports.top_k.by: {self.exports.top_k.by!r} is not an output column")
         if problems:
             raise ValueError("output.columns: " + "; ".join(problems))
         return self
+
+    @property
+    def model_output_columns(self) -> list[str]:
+        """Declared columns the model produces: score and the kind's own (label, prob_*)."""
+        system = set(SYSTEM_OUTPUT_COLUMNS) - {SCORE_COLUMN}
+        return [
+            c.name
+            for c in self.output.columns
+            if c.name not in system and c.name not in self.features.id_columns
+        ]
 
     @property
     def output_contract(self) -> Contract:
         return Contract.of(
             Column(c.name, c.type, c.nullable, c.description) for c in self.output.columns
         )
-
-    @property
-    def writes_label(self) -> bool:
-        return any(c.name == LABEL_COLUMN for c in self.output.columns)
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -293,19 +382,21 @@ def load_spec(path: str | Path) -> PipelineSpec:
         raise SpecError(f"cannot read pipeline spec {path}: {err}") from err
     if not isinstance(raw, dict):
         raise SpecError(f"invalid pipeline spec {path}: expected a mapping at the top level")
-    features = raw.get("features")
-    if isinstance(features, dict) and "sql_file" in features:
-        features = dict(features)
-        sql_path = path.parent / str(features.pop("sql_file"))
-        if "sql" in features:
-            raise SpecError(f"invalid pipeline spec {path}:\n  features: give sql or sql_file")
-        try:
-            features["sql"] = sql_path.read_text()
-        except OSError as err:
-            raise SpecError(
-                f"invalid pipeline spec {path}:\n  features.sql_file: cannot read {sql_path}: {err}"
-            ) from err
-        raw = {**raw, "features": features}
+    for section in ("features", "training"):
+        body = raw.get(section)
+        if isinstance(body, dict) and "sql_file" in body:
+            body = dict(body)
+            sql_path = path.parent / str(body.pop("sql_file"))
+            if "sql" in body:
+                raise SpecError(f"invalid pipeline spec {path}:\n  {section}: give sql or sql_file")
+            try:
+                body["sql"] = sql_path.read_text()
+            except OSError as err:
+                raise SpecError(
+                    f"invalid pipeline spec {path}:\n  {section}.sql_file: cannot read "
+                    f"{sql_path}: {err}"
+                ) from err
+            raw = {**raw, section: body}
     return parse_spec(raw, source=str(path))
 
 

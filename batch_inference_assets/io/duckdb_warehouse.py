@@ -163,3 +163,9 @@ class DuckDBWarehouse(Warehouse):
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.connect() as con:
             return con.sql(sql, params=list(params)).to_arrow_table()
+
+    def published_table(self, table: str) -> str | None:
+        validate_identifier(table, "output table")
+        with self.connect() as con:
+            exists = self._existing_columns(con, table)
+        return quote_identifier(f"{self.output_schema}.{table}") if exists else None

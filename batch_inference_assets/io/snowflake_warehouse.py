@@ -321,3 +321,9 @@ class SnowflakeWarehouse(Warehouse):
             cur = con.cursor()
             cur.execute(sql, list(params))
             return normalize_batch(cur.fetch_arrow_all() or pa.table({}))
+
+    def published_table(self, table: str) -> str | None:
+        validate_identifier(table, "output table")
+        with self.connect() as con:
+            exists = self._existing_columns(con.cursor(), table)
+        return f"{self.output_schema}.{table}".upper() if exists else None

@@ -119,3 +119,7 @@ class Warehouse(dg.ConfigurableResource, ABC):
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         """Run a small read query (checks, tests, operators)."""
+
+    @abstractmethod
+    def published_table(self, table: str) -> str | None:
+        """The qualified, quoted name of a published table; None while it does not exist."""

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 from upath import UPath
 
-from batch_inference_assets.models.lightgbm_model import BinaryPredictor
+from batch_inference_assets.models.lightgbm_model import LightGBMPredictor
 from batch_inference_assets.records import ModelHandle
 
 TOLERANCE = 1e-9
 VERIFY_ROWS = 2_000
+KINDS = ("lightgbm_binary", "lightgbm_regression")  # one output per row
 
 
 def _toolchain() -> str:
@@ -65,7 +66,7 @@ class CompiledPredictor:
     """lleaves for speed; checked against LightGBM on the first batch it sees."""
 
     def __init__(
-        self, model_file: UPath, cache: UPath, reference: BinaryPredictor, threads: int = 0
+        self, model_file: UPath, cache: UPath, reference: LightGBMPredictor, threads: int = 0
     ) -> None:
         import lleaves
 

@@ -1,6 +1,7 @@
-"""LightGBM binary classifiers: deterministic training with a drift reference, and prediction."""
+"""LightGBM models (binary, multiclass, regression): deterministic training with a drift
+reference and holdout metrics, and prediction."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightgbm as lgb
@@ -31,6 +32,8 @@ class TrainedModel:
     features: list[FeatureInfo]
     reference: dict[str, Histogram]
     metrics: dict[str, float]
+    kind: str = "lightgbm_binary"
+    classes: list[str] = field(default_factory=list)
 
 
 def infer_features(table: pa.Table, names: list[str]) -> list[FeatureInfo]:
@@ -63,6 +66,104 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+# Holdout metrics by kind, and whether higher is better (for the promotion gate).
+KIND_METRICS = {
+    "lightgbm_binary": ("auc", "logloss"),
+    "lightgbm_multiclass": ("accuracy", "logloss"),
+    "lightgbm_regression": ("rmse", "mae"),
+}
+HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "logloss": False, "rmse": False, "mae": False}
+OBJECTIVES = {
+    "lightgbm_binary": "binary",
+    "lightgbm_multiclass": "multiclass",
+    "lightgbm_regression": "regression",
+}
+
+
+def label_classes(column: pa.ChunkedArray | pa.Array) -> list[str]:
+    return sorted({str(v) for v in column.to_pylist() if v is not None})
+
+
+def encode_labels(kind: str, column: pa.ChunkedArray | pa.Array, classes: list[str]) -> np.ndarray:
+    if kind == "lightgbm_multiclass":
+        index = {c: i for i, c in enumerate(classes)}
+        try:
+            return np.array([index[str(v)] for v in column.to_pylist()], dtype=np.float64)
+        except KeyError as err:
+            raise ValueError(f"label {err} is not one of the training classes {classes}") from err
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def primary_score(kind: str, raw: np.ndarray, n_classes: int) -> np.ndarray:
+    """The `score` column: P(1), the argmax probability, or the regression value."""
+    if kind == "lightgbm_multiclass":
+        return np.asarray(raw.reshape(-1, n_classes).max(axis=1), dtype=np.float64)
+    return np.asarray(raw, dtype=np.float64)
+
+
+def metrics_for(kind: str, y: np.ndarray, raw: np.ndarray, n_classes: int = 0) -> dict[str, float]:
+    """Holdout metrics of one kind (y encoded as in training)."""
+    eps = 1e-15
+    if kind == "lightgbm_binary":
+        p = np.clip(raw, eps, 1 - eps)
+        logloss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        return {"auc": auc(y, raw), "logloss": logloss}
+    if kind == "lightgbm_multiclass":
+        probs = raw.reshape(-1, n_classes)
+        idx = y.astype(np.int64)
+        picked = np.clip(probs[np.arange(len(idx)), idx], eps, 1.0)
+        return {
+            "accuracy": float((probs.argmax(axis=1) == idx).mean()),
+            "logloss": float(-np.mean(np.log(picked))),
+        }
+    err = raw - y
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def train_lightgbm(
+    kind: str,
+    train: pa.Table,
+    holdout: pa.Table,
+    feature_names: list[str],
+    label: str,
+    num_boost_round: int = 100,
+    params: dict[str, Any] | None = None,
+) -> TrainedModel:
+    """Train on `train`, report metrics on `holdout` (prefixed holdout_), keep a drift reference."""
+    if kind not in OBJECTIVES:
+        raise ValueError(f"cannot train a {kind!r} model with LightGBM")
+    features = infer_features(train, feature_names)
+    x = feature_matrix(train, features)
+    classes = label_classes(train.column(label)) if kind == "lightgbm_multiclass" else []
+    y = encode_labels(kind, train.column(label), classes)
+    categorical = [j for j, f in enumerate(features) if f.type == "string"]
+    dataset = lgb.Dataset(
+        x, label=y, feature_name=feature_names, categorical_feature=categorical or "auto"
+    )
+    settings = {**DEFAULT_PARAMS, "objective": OBJECTIVES[kind], **(params or {})}
+    if classes:
+        settings["num_class"] = len(classes)
+    booster = lgb.train(settings, dataset, num_boost_round)
+
+    train_raw = np.asarray(booster.predict(x), dtype=np.float64)
+    train_scores = primary_score(kind, train_raw, len(classes))
+    reference = {
+        f.name: stats.histogram(x[:, j], stats.edges_for(f, x[:, j]))
+        for j, f in enumerate(features)
+    }
+    reference[stats.SCORE_KEY] = stats.histogram(train_scores, stats.quantile_edges(train_scores))
+    hx = feature_matrix(holdout, features)
+    hy = encode_labels(kind, holdout.column(label), classes)
+    holdout_raw = np.asarray(booster.predict(hx), dtype=np.float64)
+    metrics = {
+        **{f"train_{k}": v for k, v in metrics_for(kind, y, train_raw, len(classes)).items()},
+        **{f"holdout_{k}": v for k, v in metrics_for(kind, hy, holdout_raw, len(classes)).items()},
+        "train_rows": float(train.num_rows),
+        "holdout_rows": float(holdout.num_rows),
+    }
+    return TrainedModel(booster.model_to_string(), features, reference, metrics, kind, classes)
+
+
 def train_binary(
     train: pa.Table,
     holdout: pa.Table,
@@ -71,33 +172,12 @@ def train_binary(
     num_boost_round: int = 100,
     params: dict[str, Any] | None = None,
 ) -> TrainedModel:
-    features = infer_features(train, feature_names)
-    x = feature_matrix(train, features)
-    y = train.column(label).to_numpy().astype(np.float64)
-    categorical = [j for j, f in enumerate(features) if f.type == "string"]
-    dataset = lgb.Dataset(
-        x, label=y, feature_name=feature_names, categorical_feature=categorical or "auto"
+    return train_lightgbm(
+        "lightgbm_binary", train, holdout, feature_names, label, num_boost_round, params
     )
-    booster = lgb.train({**DEFAULT_PARAMS, **(params or {})}, dataset, num_boost_round)
-
-    train_scores = np.asarray(booster.predict(x), dtype=np.float64)
-    reference = {
-        f.name: stats.histogram(x[:, j], stats.edges_for(f, x[:, j]))
-        for j, f in enumerate(features)
-    }
-    reference[stats.SCORE_KEY] = stats.histogram(train_scores, stats.quantile_edges(train_scores))
-    hx = feature_matrix(holdout, features)
-    hy = holdout.column(label).to_numpy()
-    metrics = {
-        "train_auc": auc(y, train_scores),
-        "holdout_auc": auc(hy, np.asarray(booster.predict(hx), dtype=np.float64)),
-        "train_rows": float(train.num_rows),
-        "holdout_rows": float(holdout.num_rows),
-    }
-    return TrainedModel(booster.model_to_string(), features, reference, metrics)
 
 
-class BinaryPredictor:
+class LightGBMPredictor:
     """Scores a feature matrix with a LightGBM booster; `threads` bounds its CPU use."""
 
     def __init__(self, model_text: str, threads: int = 0) -> None:

@@ -7,11 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import Field
 from upath import UPath
 
+from batch_inference_assets import stats
 from batch_inference_assets.io.object_store import ObjectStore
-from batch_inference_assets.models.lightgbm_model import BinaryPredictor, TrainedModel
+from batch_inference_assets.models import kinds
+from batch_inference_assets.models.lightgbm_model import TrainedModel, infer_features
+from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.records import ModelHandle
 
 MODEL_FILE = "model.txt"
@@ -45,10 +49,11 @@ class ModelStore(dg.ConfigurableResource):
         name: str,
         trained: TrainedModel,
         *,
-        kind: str = "lightgbm_binary",
         aliases: tuple[str, ...] = ("champion",),
         extra: dict[str, Any] | None = None,
     ) -> str:
+        """Store a model under its content hash (saving it twice is a no-op) and point
+        `aliases` at it. `extra` lands in the metadata (e.g. the training window)."""
         version = content_version(trained.model_text)
         folder = self._version_dir(name, version)
         folder.mkdir(parents=True, exist_ok=True)
@@ -56,7 +61,8 @@ class ModelStore(dg.ConfigurableResource):
         meta = {
             "name": name,
             "version": version,
-            "kind": kind,
+            "kind": trained.kind,
+            "classes": trained.classes,
             "features": [f.model_dump() for f in trained.features],
             "reference": {k: h.model_dump() for k, h in trained.reference.items()},
             "metrics": trained.metrics,
@@ -67,6 +73,51 @@ class ModelStore(dg.ConfigurableResource):
         for alias in aliases:
             self.set_alias(name, alias, version)
         return version
+
+    def register_python(
+        self,
+        name: str,
+        predict_fn: str,
+        sample: pa.Table,
+        feature_names: list[str],
+        *,
+        aliases: tuple[str, ...] = ("champion",),
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """Register `predict_fn` ('package.module:function') as a version of model `name`.
+
+        The version hashes the import path and the module's source, so changed code is a new
+        version (and scoring refuses a version whose code changed since). `sample` gives the
+        feature types and, scored once here, the drift reference."""
+        text = kinds.python_model_text(predict_fn)
+        predictor = kinds.PythonPredictor(text)
+        features = infer_features(sample, feature_names)
+        out = predictor.predict_frame(sample.select(feature_names).to_pandas())
+        if kinds.SCORE not in getattr(out, "columns", []) or len(out) != sample.num_rows:
+            raise ModelStoreError(
+                f"predict_fn {predict_fn} must return a DataFrame with a {kinds.SCORE!r} column "
+                f"and one row per input row"
+            )
+        scores = out[kinds.SCORE].to_numpy(dtype="float64")
+        x = feature_matrix(sample, features)
+        reference = {
+            f.name: stats.histogram(x[:, j], stats.edges_for(f, x[:, j]))
+            for j, f in enumerate(features)
+        }
+        reference[stats.SCORE_KEY] = stats.histogram(scores, stats.quantile_edges(scores))
+        trained = TrainedModel(text, features, reference, {}, kind="python")
+        return self.save(
+            name, trained, aliases=aliases, extra={"predict_fn": predict_fn, **(extra or {})}
+        )
+
+    def read_meta(self, name: str, version: str) -> dict[str, Any]:
+        try:
+            meta: dict[str, Any] = json.loads(
+                (self._version_dir(name, version) / META_FILE).read_text()
+            )
+        except FileNotFoundError as err:
+            raise ModelStoreError(f"model {name!r} has no version {version!r}") from err
+        return meta
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         if not (self._version_dir(name, version) / MODEL_FILE).exists():
@@ -105,7 +156,7 @@ class ModelStore(dg.ConfigurableResource):
                 f"model {name!r} version {version} is corrupt: its file hashes to {actual}"
             )
         try:
-            BinaryPredictor(model_text)
+            kinds.load_predictor(meta["kind"], model_text)
         except Exception as err:  # LightGBM raises its own error type for unparsable models
             raise ModelStoreError(f"model {name!r} version {version}: cannot load: {err}") from err
         return ModelHandle(
@@ -116,6 +167,8 @@ class ModelStore(dg.ConfigurableResource):
             features=meta["features"],
             reference=meta["reference"],
             label_threshold=label_threshold,
+            classes=meta.get("classes", []),
+            metrics=meta.get("metrics", {}),
         )
 
     def read_model_text(self, handle: ModelHandle) -> str:

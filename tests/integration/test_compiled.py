@@ -10,7 +10,7 @@ from upath import UPath
 
 from batch_inference_assets import PipelineSpec
 from batch_inference_assets.models import compiled
-from batch_inference_assets.models.lightgbm_model import BinaryPredictor, train_binary
+from batch_inference_assets.models.lightgbm_model import LightGBMPredictor, train_binary
 from batch_inference_assets.models.matrix import feature_matrix
 from tests.conftest import DAY, SEED_CUSTOMERS, Materialize, read_table
 
@@ -61,7 +61,7 @@ def test_a_compiled_object_that_disagrees_falls_back_to_lightgbm(tmp_path: Path)
     assert compiled.ensure_compiled(UPath(str(tmp_path / "a.txt")), cache)
     assert not compiled.ensure_compiled(UPath(str(tmp_path / "a.txt")), cache)  # cached
     # b's predictor given a's compiled code: verification must reject it.
-    reference = BinaryPredictor(b.model_text)
+    reference = LightGBMPredictor(b.model_text)
     predictor = compiled.CompiledPredictor(UPath(str(tmp_path / "b.txt")), cache, reference)
     x = feature_matrix(pa.table({"x": np.linspace(-3, 3, 100)}), b.features)
     with pytest.warns(UserWarning, match="scoring with LightGBM instead"):

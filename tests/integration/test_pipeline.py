@@ -6,7 +6,7 @@ import dagster as dg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch_inference_assets.models.lightgbm_model import BinaryPredictor
+from batch_inference_assets.models.lightgbm_model import LightGBMPredictor
 from batch_inference_assets.models.matrix import feature_matrix
 from tests.conftest import (
     DAY,
@@ -37,7 +37,7 @@ def test_one_partition_end_to_end(materialize: Materialize, resources: dict[str,
     export = result.output_for_node("churn__source_features")
     features = pq.read_table([f.path for f in export.files])
     store = resources["model_store"]
-    expected = BinaryPredictor(store.read_model_text(model)).predict(
+    expected = LightGBMPredictor(store.read_model_text(model)).predict(
         feature_matrix(features, model.features)
     )
     by_id = dict(zip(features.column("customer_id").to_pylist(), expected, strict=True))

@@ -5,7 +5,11 @@ import pyarrow as pa
 import pytest
 
 from batch_inference_assets.io.object_store import LocalObjectStore
-from batch_inference_assets.models.lightgbm_model import BinaryPredictor, TrainedModel, train_binary
+from batch_inference_assets.models.lightgbm_model import (
+    LightGBMPredictor,
+    TrainedModel,
+    train_binary,
+)
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.models.store import ModelStore, ModelStoreError, content_version
 from batch_inference_assets.records import FeatureInfo
@@ -51,7 +55,7 @@ def test_store_round_trip_by_alias_and_version(tmp_path: Path, trained: TrainedM
     assert store.resolve("m", version) == version
     handle = store.load("m", "champion")
     assert handle.version == version and [f.name for f in handle.features] == ["x", "cat"]
-    predictor = BinaryPredictor(store.read_model_text(handle))
+    predictor = LightGBMPredictor(store.read_model_text(handle))
     scores = predictor.predict(feature_matrix(_table(10, 3), handle.features))
     assert scores.shape == (10,) and ((scores >= 0) & (scores <= 1)).all()
 

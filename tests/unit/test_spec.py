@@ -75,5 +75,5 @@ def test_bad_fields_are_named(tmp_path: Path, raw_churn: dict, patch: dict, fiel
 
 def test_undeclared_output_column_is_rejected(tmp_path: Path, raw_churn: dict) -> None:
     raw_churn["output"]["columns"].append({"name": "tenure", "type": "int64"})
-    with pytest.raises(SpecError, match="'tenure' is not produced by scoring"):
+    with pytest.raises(SpecError, match="'tenure' is not produced by lightgbm_binary scoring"):
         load_spec(_write(tmp_path, raw_churn))
