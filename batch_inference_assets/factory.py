@@ -1,24 +1,26 @@
 """build_pipeline(spec): the assets, checks and job of one pipeline; pure logic lives per stage."""
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from batch_inference_assets import (
     checks,
     drift,
+    exports,
     features,
     progress,
     publish,
     scoring,
     shards,
     stats,
+    training,
 )
 from batch_inference_assets.contracts import arrow_schema_to_table_schema
 from batch_inference_assets.errors import PipelineFailure
@@ -27,8 +29,11 @@ from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
 from batch_inference_assets.models import compiled, kinds
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
 from batch_inference_assets.records import (
+    CandidateModel,
+    ExportedPredictions,
     FeatureExport,
     ModelHandle,
+    Promotion,
     PublishedPartition,
     ScoredShards,
     Shard,
@@ -47,6 +52,11 @@ class Pipeline:
     partitions: dg.DailyPartitionsDefinition
     assets: list[dg.AssetsDefinition]
     job: Any  # what dg.define_asset_job returns; its class is not public
+    training_job: Any = None  # `<name>_train` when the spec has a training section
+
+    @property
+    def jobs(self) -> list[Any]:
+        return [self.job] + ([self.training_job] if self.training_job is not None else [])
 
     def key(self, stage: str) -> dg.AssetKey:
         return dg.AssetKey([self.spec.name, stage])
@@ -87,6 +97,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         key=key("model"),
         description=f"The model {spec.model.name}@{spec.model.ref} resolved for this partition.",
         kinds={"python" if spec.model.kind == "python" else "lightgbm"},
+        deps=[key("champion_model")] if spec.training else [],
         **common,
     )
     def model(context: dg.AssetExecutionContext, model_store: ModelStore) -> dg.Output[ModelHandle]:
@@ -433,6 +444,54 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         yield dg.MaterializeResult(metadata=metadata)
         yield from checks.evaluate_drift(spec, report.psi_reference)
 
+    def export_asset(stage: str, formats: list[str], what: str) -> dg.AssetsDefinition:
+        @dg.asset(
+            key=key(stage),
+            ins={"published": dg.AssetIn(key("predictions"))},
+            description=f"{what} of the published partition in the object store ({formats}).",
+            kinds=set(formats),
+            pool=WAREHOUSE_POOL,
+            **common,
+        )
+        def export(
+            context: dg.AssetExecutionContext,
+            warehouse: Warehouse,
+            object_store: ObjectStore,
+            published: PublishedPartition,
+        ) -> dg.Output[ExportedPredictions]:
+            try:
+                done = exports.export_partition(
+                    spec, warehouse, object_store, _day(context), context.run_id,
+                    stage=stage, formats=formats,
+                )  # fmt: skip
+            except (WarehouseError, ValueError, OSError) as err:
+                raise fail(context, stage, str(err)) from err
+            return dg.Output(
+                done,
+                metadata={
+                    "dagster/row_count": done.rows,
+                    **{f"{fmt}_files": len(paths) for fmt, paths in done.files.items()},
+                    "path": str(object_store.path(name, stage, context.partition_key)),
+                },
+            )
+
+        return export
+
+    extra_assets: list[dg.AssetsDefinition] = []
+    if spec.exports.formats:
+        extra_assets.append(
+            export_asset("exports", list(spec.exports.formats), "Parquet/CSV files")
+        )
+    if spec.exports.top_k:
+        extra_assets.append(
+            export_asset(
+                "top_k",
+                list(spec.exports.formats) or ["parquet"],
+                f"The top {spec.exports.top_k.k:,} rows by {spec.exports.top_k.by}",
+            )
+        )
+    training_assets, training_job = build_training(spec, key) if spec.training else ([], None)
+
     job = dg.define_asset_job(
         f"{name}_daily",
         selection=dg.AssetSelection.groups(name),
@@ -444,6 +503,111 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
     return Pipeline(
         spec=spec,
         partitions=partitions,
-        assets=[model, source_features, shard_manifest, scored_shards, predictions, drift_stats],
+        assets=[
+            model, source_features, shard_manifest, scored_shards, predictions, drift_stats,
+            *extra_assets, *training_assets,
+        ],
         job=job,
+        training_job=training_job,
+    )  # fmt: skip
+
+
+PROMOTION_GATE = "promotion_gate"
+
+
+class TrainingConfig(dg.Config):
+    window_end: str | None = Field(
+        default=None,
+        description="Exclusive end of the labelled window (YYYY-MM-DD); default: today.",
     )
+
+
+def build_training(
+    spec: PipelineSpec, key: Callable[[str], dg.AssetKey]
+) -> tuple[list[dg.AssetsDefinition], Any]:
+    """`<p>/candidate_model` (trained, checked by the blocking promotion gate) and
+    `<p>/champion_model` (moves the alias; runs only if the gate passed)."""
+    assert spec.training is not None
+    name, group = spec.name, f"{spec.name}_training"
+    alias = spec.training.promote_alias
+
+    @dg.asset(
+        key=key("candidate_model"),
+        group_name=group,
+        check_specs=[
+            dg.AssetCheckSpec(PROMOTION_GATE, asset=key("candidate_model"), blocking=True)
+        ],
+        description=f"LightGBM trained on the last {spec.training.window_days} labelled days, "
+        f"evaluated on the last {spec.training.holdout_days}.",
+        kinds={"lightgbm"},
+    )
+    def candidate_model(
+        context: dg.AssetExecutionContext,
+        config: TrainingConfig,
+        warehouse: Warehouse,
+        model_store: ModelStore,
+    ) -> Iterator[Any]:
+        end = date.fromisoformat(config.window_end) if config.window_end else date.today()
+        try:
+            candidate = training.train_candidate(spec, warehouse, model_store, end)
+        except (training.TrainingError, WarehouseError, ModelStoreError, ValueError) as err:
+            raise PipelineFailure(
+                name, f"window ending {end}", "candidate_model", str(err)
+            ) from err
+        yield dg.Output(
+            candidate,
+            metadata={
+                "model_version": candidate.version,
+                f"holdout_{candidate.metric}": candidate.value,
+                "champion_version": candidate.champion_version or "none",
+                "train_rows": candidate.train_rows,
+                "holdout_rows": candidate.holdout_rows,
+                "window": f"{candidate.window_start} .. {candidate.window_end}",
+            },
+        )
+        passed, description = training.gate(candidate)
+        yield dg.AssetCheckResult(
+            check_name=PROMOTION_GATE,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=description,
+            metadata={
+                "candidate": candidate.version,
+                "metric": candidate.metric,
+                "value": candidate.value,
+                "champion_value": candidate.champion_value
+                if candidate.champion_value is not None
+                else float("nan"),
+            },
+        )
+
+    @dg.asset(
+        key=key("champion_model"),
+        ins={"candidate": dg.AssetIn(key("candidate_model"))},
+        group_name=group,
+        description=f"Points {spec.model.name}@{alias} at a candidate that passed the gate.",
+    )
+    def champion_model(
+        context: dg.AssetExecutionContext, model_store: ModelStore, candidate: CandidateModel
+    ) -> dg.Output[Promotion]:
+        try:
+            previous: str | None = model_store.resolve(spec.model.name, alias)
+        except ModelStoreError:
+            previous = None
+        model_store.set_alias(spec.model.name, alias, candidate.version)
+        context.log.info(f"{spec.model.name}@{alias}: {previous} -> {candidate.version}")
+        promotion = Promotion(
+            model=spec.model.name, alias=alias, version=candidate.version, previous=previous
+        )
+        return dg.Output(
+            promotion,
+            metadata={"model_version": candidate.version, "previous": previous or "none"},
+        )
+
+    job = dg.define_asset_job(
+        f"{name}_train",
+        selection=dg.AssetSelection.groups(group),
+        description=f"Train a candidate {spec.model.name} model and promote it if it passes.",
+        tags={"pipeline": name},
+    )
+    return [candidate_model, champion_model], job

@@ -30,7 +30,7 @@ def build_definitions(
     landing_sensors = [s for s in (build_landing_sensor(p) for p in pipelines) if s is not None]
     return dg.Definitions(
         assets=[a for p in pipelines for a in p.assets],
-        jobs=[*(p.job for p in pipelines), retention_job],
+        jobs=[*(j for p in pipelines for j in p.jobs), retention_job],
         schedules=[*(build_schedule(p) for p in pipelines), retention_schedule],
         sensors=[
             *landing_sensors,

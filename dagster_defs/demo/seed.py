@@ -1,4 +1,8 @@
-"""Demo seed: a deterministic synthetic customer table in DuckDB and a LightGBM churn model.
+"""Demo seed: deterministic synthetic tables in DuckDB, and a LightGBM churn model.
+
+churn: customer features and churn labels, plus its champion model (trained here).
+demand: store x item features and units sold (dagster_defs/demo/demand.py); its model is
+trained by the pipeline's own training job.
 
 python -m dagster_defs.demo.seed --root .data
 """
@@ -16,6 +20,7 @@ from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.lightgbm_model import train_binary
 from batch_inference_assets.models.store import ModelStore
+from dagster_defs.demo.demand import seed_demand
 
 FIRST_DAY = date(2026, 10, 1)
 DAYS = 31
@@ -167,6 +172,7 @@ def seed(
         )
         con.register("labels", labels)
         con.execute(f"CREATE TABLE {SCHEMA}.churn_labels AS SELECT * FROM labels")
+        demand_rows = seed_demand(con, SCHEMA, FIRST_DAY, days, train_days + holdout_days)
     trained = train_binary(
         pa.concat_tables(train_parts),
         pa.concat_tables(holdout_parts),
@@ -186,7 +192,7 @@ def seed(
         },
     )
     return SeedResult(
-        rows=customers * days,
+        rows=customers * days + demand_rows,
         days=days,
         model_version=version,
         holdout_auc=trained.metrics["holdout_auc"],
