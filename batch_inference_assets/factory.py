@@ -107,13 +107,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             )
         except (ModelStoreError, ValidationError) as err:
             raise fail(context, "model", str(err)) from err
-        problems = kinds.check_declared_classes(handle, spec.model_output_columns)
-        if handle.kind != spec.model.kind:
-            problems.insert(
-                0,
-                f"the pipeline declares a {spec.model.kind} model but "
-                f"{spec.model.name}@{spec.model.ref} is {handle.kind} (version {handle.version})",
-            )
+        problems = kinds.fit_problems(handle, spec.model.kind, spec.model_output_columns)
         if problems:
             raise fail(context, "model", "; ".join(problems))
         metadata: dict[str, Any] = {

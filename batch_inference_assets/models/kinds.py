@@ -206,8 +206,13 @@ def _compatible(actual: pa.DataType, declared: pa.DataType) -> bool:
     return actual == declared or pa.types.is_timestamp(actual) or pa.types.is_date(actual)
 
 
-def check_declared_classes(model: ModelHandle, produced: list[str]) -> list[str]:
-    """Problems between a multiclass model's classes and the declared prob_<class> columns."""
+def fit_problems(model: ModelHandle, kind: str, produced: list[str]) -> list[str]:
+    """Why a resolved model cannot fill a pipeline's declared kind and output columns."""
+    if model.kind != kind:
+        return [
+            f"the pipeline declares a {kind} model but {model.name} version {model.version} is "
+            f"{model.kind}"
+        ]
     if model.kind != "lightgbm_multiclass":
         return []
     declared = {c[len(PROB_PREFIX) :] for c in produced if c.startswith(PROB_PREFIX)}

@@ -1,9 +1,13 @@
-"""`make demo`: seed the embedded warehouse, materialize one partition with the Dagster CLI, report.
+"""`make demo`: seed the embedded warehouse, then run both demo pipelines with the Dagster CLI.
+
+  churn   (binary)      its champion comes from the seed; one partition is scored
+  demand  (regression)  its model is trained by its own training job first, then scored
 
 python -m dagster_defs.demo.run [--partition 2026-10-15]
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -16,57 +20,85 @@ from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
 DEMO_PARTITION = "2026-10-15"
 
 
+def materialize(
+    root: Path, select: str, partition: str | None = None, config: dict | None = None
+) -> float:
+    """`dagster asset materialize` as a user would type it; exits with its log on failure."""
+    cmd = [
+        sys.executable, "-m", "dagster", "asset", "materialize",
+        "-m", "dagster_defs.definitions", "--select", select,
+    ]  # fmt: skip
+    if partition:
+        cmd += ["--partition", partition]
+    if config:
+        cmd += ["--config-json", json.dumps(config)]
+    print("$ " + " ".join(cmd[2:]))
+    log = root / f"demo-{select.replace(':', '-').replace('/', '-')}.log"
+    started = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run(
+            cmd, env={**os.environ, "BATCH_INFERENCE_ROOT": str(root)},
+            stdout=out, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        print(log.read_text()[-4000:])
+        sys.exit(f"demo run failed (exit {done.returncode}); full log: {log}")
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path(".data"))
     parser.add_argument("--partition", default=DEMO_PARTITION)
     args = parser.parse_args()
-    root = args.root.resolve()
+    root, day = args.root.resolve(), args.partition
     seeded = seed(root)
     print(
         f"seeded {seeded.rows:,} demo rows and model churn@{seeded.model_version} "
         f"in {seeded.seconds:.1f}s"
     )
-
-    env = {**os.environ, "BATCH_INFERENCE_ROOT": str(root)}
-    cmd = [
-        sys.executable, "-m", "dagster", "asset", "materialize",
-        "-m", "dagster_defs.definitions",
-        "--select", "key:churn/*",
-        "--partition", args.partition,
-    ]  # fmt: skip
-    print("$ " + " ".join(cmd[2:]).replace(sys.executable, "python"))
-    log = root / "demo-run.log"
-    started = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        print(log.read_text()[-4000:])
-        sys.exit(f"demo run failed (exit {done.returncode}); full log: {log}")
-
     warehouse = local_resources(root)["warehouse"]
-    table = f"{DEMO_OUTPUT_SCHEMA}.churn_predictions"
-    rows, positives, version, run_id = (
+
+    churn_wall = materialize(root, "group:churn", day)
+    rows, positives, version = (
         warehouse.query(
-            "SELECT COUNT(*), SUM(label), ANY_VALUE(model_version), ANY_VALUE(run_id) "
-            f"FROM {table} WHERE partition_date = ?",
-            [args.partition],
+            "SELECT COUNT(*), SUM(label), ANY_VALUE(model_version) "
+            f"FROM {DEMO_OUTPUT_SCHEMA}.churn_predictions WHERE partition_date = ?",
+            [day],
         )
         .to_pylist()[0]
         .values()
     )
-    shards = len(
-        list((root / "object_store" / "churn" / "scored" / args.partition).glob("*.parquet"))
+    churn = root / "object_store" / "churn"
+    shards = len(list((churn / "scored" / day).glob("*.parquet")))
+    print(
+        f"  churn: scored {rows:,} rows of {day} in {shards} shards with churn@{version} "
+        f"in {churn_wall:.1f}s ({positives:,} predicted churners)\n"
+        f"    table  {warehouse.database} -> {DEMO_OUTPUT_SCHEMA}.churn_predictions\n"
+        f"    top K  {churn / 'top_k' / day}\n"
+        f"    drift  {churn / 'drift' / (day + '.json')}"
+    )
+
+    train_wall = materialize(
+        root, "group:demand_training",
+        config={"ops": {"demand__candidate_model": {"config": {"window_end": day}}}},
+    )  # fmt: skip
+    demand_wall = materialize(root, "group:demand", day)
+    rows, mean_units, version = (
+        warehouse.query(
+            "SELECT COUNT(*), AVG(score), ANY_VALUE(model_version) "
+            f"FROM {DEMO_OUTPUT_SCHEMA}.demand_predictions WHERE partition_date = ?",
+            [day],
+        )
+        .to_pylist()[0]
+        .values()
     )
     print(
-        f"\nscored {rows:,} rows of partition {args.partition} in {shards} shards "
-        f"with churn@{version} in {wall:.1f}s wall (dagster asset materialize, multiprocess)\n"
-        f"  table      {warehouse.database} -> {table} ({positives:,} predicted churners)\n"
-        f"  run        {run_id}  (log: {log})\n"
-        f"  shards     {root / 'object_store' / 'churn' / 'scored' / args.partition}\n"
-        f"  drift      {root / 'object_store' / 'churn' / 'drift' / (args.partition + '.json')}\n"
-        "  look       make ui, then open http://127.0.0.1:3000 (asset group 'churn')"
+        f"  demand: trained and promoted demand@{version} in {train_wall:.1f}s, then scored "
+        f"{rows:,} store-items of {day} in {demand_wall:.1f}s (mean {mean_units:.1f} units)\n"
+        f"    table  {warehouse.database} -> {DEMO_OUTPUT_SCHEMA}.demand_predictions\n"
+        f"    files  {root / 'object_store' / 'demand' / 'exports' / day}\n"
+        "  look: make ui, then open http://127.0.0.1:3000 (asset groups churn, demand)"
     )
 
 
