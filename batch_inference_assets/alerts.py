@@ -79,7 +79,7 @@ def build_check_alert_sensor(
     The cursor is the newest alerted record id per check; it advances after each delivered
     alert, so a webhook outage delays alerts without repeating the ones already sent.
     """
-    check_keys = [k for p in pipelines for a in p.assets for k in a.check_keys]
+    check_keys = [k for p in pipelines for a in p.all_assets for k in a.check_keys]
 
     @dg.sensor(
         name="asset_check_failure_alerts",

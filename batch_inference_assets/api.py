@@ -135,7 +135,6 @@ def run_partition(
     """Run one partition of a pipeline end to end, in this process: every daily asset and
     check, publishing to `resources["warehouse"]` exactly as a scheduled run would."""
     pipeline = build_pipeline(load_pipeline(spec))
-    daily = [a for a in pipeline.assets if a.partitions_def is not None]
     return dg.materialize(
-        daily, partition_key=partition, resources=resources, raise_on_error=raise_on_error
+        pipeline.assets, partition_key=partition, resources=resources, raise_on_error=raise_on_error
     )

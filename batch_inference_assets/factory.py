@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -52,7 +52,13 @@ class Pipeline:
     partitions: dg.DailyPartitionsDefinition
     assets: list[dg.AssetsDefinition]
     job: Any  # what dg.define_asset_job returns; its class is not public
+    training_assets: list[dg.AssetsDefinition] = field(default_factory=list)
     training_job: Any = None  # `<name>_train` when the spec has a training section
+
+    @property
+    def all_assets(self) -> list[dg.AssetsDefinition]:
+        """The daily assets (`assets`, one partition per run) and the training ones."""
+        return [*self.assets, *self.training_assets]
 
     @property
     def jobs(self) -> list[Any]:
@@ -499,9 +505,10 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         partitions=partitions,
         assets=[
             model, source_features, shard_manifest, scored_shards, predictions, drift_stats,
-            *extra_assets, *training_assets,
+            *extra_assets,
         ],
         job=job,
+        training_assets=training_assets,
         training_job=training_job,
     )  # fmt: skip
 

@@ -29,7 +29,7 @@ def build_definitions(
     retention_job, retention_schedule = build_retention_job([p.spec.name for p in pipelines])
     landing_sensors = [s for s in (build_landing_sensor(p) for p in pipelines) if s is not None]
     return dg.Definitions(
-        assets=[a for p in pipelines for a in p.assets],
+        assets=[a for p in pipelines for a in p.all_assets],
         jobs=[*(j for p in pipelines for j in p.jobs), retention_job],
         schedules=[*(build_schedule(p) for p in pipelines), retention_schedule],
         sensors=[

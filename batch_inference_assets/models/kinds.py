@@ -149,8 +149,11 @@ class Scorer:
 
     def _python(self, batch: pa.RecordBatch) -> Scored:
         frame = batch.select([f.name for f in self.model.features]).to_pandas()
-        out = self.predictor.predict_frame(frame)
         where = f"predict_fn {self.predictor.path}"
+        try:
+            out = self.predictor.predict_frame(frame)
+        except Exception as err:  # the user's code: the same input fails the same way again
+            raise ModelOutputError(f"{where} raised {type(err).__name__}: {err}") from err
         if not isinstance(out, pd.DataFrame):
             raise ModelOutputError(f"{where} returned {type(out).__name__}, not a DataFrame")
         if len(out) != batch.num_rows:

@@ -92,7 +92,12 @@ class ModelStore(dg.ConfigurableResource):
         text = kinds.python_model_text(predict_fn)
         predictor = kinds.PythonPredictor(text)
         features = infer_features(sample, feature_names)
-        out = predictor.predict_frame(sample.select(feature_names).to_pandas())
+        try:
+            out = predictor.predict_frame(sample.select(feature_names).to_pandas())
+        except Exception as err:  # the user's code: report whatever it raised
+            raise ModelStoreError(
+                f"predict_fn {predict_fn} raised {type(err).__name__}: {err} on the sample"
+            ) from err
         if kinds.SCORE not in getattr(out, "columns", []) or len(out) != sample.num_rows:
             raise ModelStoreError(
                 f"predict_fn {predict_fn} must return a DataFrame with a {kinds.SCORE!r} column "
