@@ -424,6 +424,10 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
             if previous_key
             else None
         )
+        if scored.rows == 0:  # incremental mode, nothing new: no distribution to compare
+            yield dg.MaterializeResult(metadata={"rows": 0, "note": "nothing new was scored"})
+            yield from checks.drift_not_evaluated("nothing new was scored")
+            return
         report = drift.drift_report(model, scored, previous)
         path = drift.profile_path(object_store, name, context.partition_key)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
-"""Model kinds, the registry's aliases and python models, the promotion gate, and kind-aware specs."""
+"""Model kinds, aliases, python models, the promotion gate, and kind-aware specs."""
 
 import importlib
 import sys
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,9 @@ def _handle(trained: Any, kind: str) -> ModelHandle:
 
 def test_aliases_resolve_to_exact_versions_never_newest(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    first = train_lightgbm("lightgbm_regression", _table(500, 1), _table(200, 2), ["x"], "amount", 5)
+    first = train_lightgbm(
+        "lightgbm_regression", _table(500, 1), _table(200, 2), ["x"], "amount", 5
+    )
     second = train_lightgbm(
         "lightgbm_regression", _table(500, 4), _table(200, 2), ["x"], "amount", 5
     )
@@ -118,14 +120,14 @@ def test_python_models_are_pinned_to_their_source(
 def test_python_registration_refuses_bad_paths_and_outputs(tmp_path: Path) -> None:
     store = _store(tmp_path)
     sample = _table(50, 1)
-    with pytest.raises(ValueError, match="must look like 'package.module:function'"):
+    with pytest.raises(ValueError, match=r"must look like 'package\.module:function'"):
         store.register_python("rule", "tests.predict_fns.churn_rule", sample, ["x"])
     with pytest.raises(ValueError, match="cannot import predict_fn"):
         store.register_python("rule", "tests.predict_fns:nope", sample, ["x"])
     features = ["contract", "num_support_tickets"]
     with pytest.raises(ModelStoreError, match="one row per input row"):
         store.register_python("rule", "tests.predict_fns:one_row_short", _churn_like(), features)
-    with pytest.raises(ModelStoreError, match="raised KeyError.*'contract'"):
+    with pytest.raises(ModelStoreError, match=r"raised KeyError.*'contract'"):
         store.register_python("rule", "tests.predict_fns:churn_rule", _churn_like(), ["x"])
 
 
