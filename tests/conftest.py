@@ -153,13 +153,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os._exit(_EXIT_STATUS[-1])
 
 
+def churn_yaml() -> dict[str, Any]:
+    """churn.yaml as a mapping whose SQL files resolve from anywhere."""
+    import yaml
+
+    raw: dict[str, Any] = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
+    for section in ("features", "training"):
+        if "sql_file" in raw.get(section, {}):
+            raw[section]["sql_file"] = str(PIPELINES_DIR / raw[section]["sql_file"])
+    return raw
+
+
 def write_test_pipelines(folder: Path, max_retries: int, delay_seconds: float) -> Path:
     """The churn pipeline with test-sized shards and the given retries, as a YAML folder."""
     import yaml
 
     folder.mkdir()
-    raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
-    raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
+    raw = churn_yaml()
     raw["sharding"]["target_rows"] = 2_000
     raw["retries"] = {"max_retries": max_retries, "delay_seconds": delay_seconds}
     (folder / "churn.yaml").write_text(yaml.safe_dump(raw))

@@ -19,7 +19,7 @@ from batch_inference_assets.spec import SpecError, parse_spec
 from dagster_defs.definitions import PIPELINES_DIR, build_definitions
 from dagster_defs.deployments import local_resources
 from dagster_defs.executors import celery_config, chosen_executor, k8s_config
-from tests.conftest import DEPLOY
+from tests.conftest import DEPLOY, churn_yaml
 
 PG_ENV = {
     "DAGSTER_PG_HOST": "db.internal", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_DB": "dagster",
@@ -73,8 +73,7 @@ def test_the_k8s_executor_config_requests_each_pipelines_shard_resources(
 
 
 def test_shard_step_resources_must_be_kubernetes_quantities() -> None:
-    raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
-    raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
+    raw = churn_yaml()
     raw["sharding"]["step_resources"] = {"cpu": "two", "memory": "1.5 GB"}
     with pytest.raises(SpecError) as err:
         parse_spec(raw, "churn.yaml")

@@ -5,6 +5,7 @@ import yaml
 
 from batch_inference_assets import SpecError, load_spec, load_specs
 from dagster_defs.definitions import PIPELINES_DIR
+from tests.conftest import churn_yaml
 
 
 def _write(tmp_path: Path, raw: dict, sql: str | None = None) -> Path:
@@ -17,14 +18,16 @@ def _write(tmp_path: Path, raw: dict, sql: str | None = None) -> Path:
 
 @pytest.fixture
 def raw_churn() -> dict:
-    raw = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
-    raw["features"]["sql_file"] = str(PIPELINES_DIR / "churn.sql")
-    return raw
+    return churn_yaml()
 
 
-def test_the_demo_pipeline_loads() -> None:
+def test_the_demo_pipelines_load() -> None:
     specs = load_specs(PIPELINES_DIR)
-    assert [s.name for s in specs] == ["churn"]
+    assert [(s.name, s.model.kind) for s in specs] == [
+        ("churn", "lightgbm_binary"), ("demand", "lightgbm_regression"),
+    ]  # fmt: skip
+    assert specs[1].features.id_columns == ["store_id", "item_id"]
+    assert specs[1].training is not None and ":window_start" in specs[1].training.sql
     spec = specs[0]
     assert spec.features.id_columns == ["customer_id"]
     assert ":partition_date" in spec.features.sql
