@@ -1,7 +1,7 @@
 """build_pipeline(spec): the assets, checks and job of one pipeline; pure logic lives per stage."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -103,7 +103,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         key=key("model"),
         description=f"The model {spec.model.name}@{spec.model.ref} resolved for this partition.",
         kinds={"python" if spec.model.kind == "python" else "lightgbm"},
-        deps=[key("champion_model")] if spec.training else [],
+        deps=[training_key(name, "champion_model")] if spec.training else [],
         **common,
     )
     def model(context: dg.AssetExecutionContext, model_store: ModelStore) -> dg.Output[ModelHandle]:
@@ -494,7 +494,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
                 f"The top {spec.exports.top_k.k:,} rows by {spec.exports.top_k.by}",
             )
         )
-    training_assets, training_job = build_training(spec, key) if spec.training else ([], None)
+    training_assets, training_job = build_training(spec) if spec.training else ([], None)
 
     job = dg.define_asset_job(
         f"{name}_daily",
@@ -527,13 +527,21 @@ class TrainingConfig(dg.Config):
     )
 
 
-def build_training(
-    spec: PipelineSpec, key: Callable[[str], dg.AssetKey]
-) -> tuple[list[dg.AssetsDefinition], Any]:
-    """`<p>/candidate_model` (trained, checked by the blocking promotion gate) and
-    `<p>/champion_model` (moves the alias; runs only if the gate passed)."""
+def training_key(pipeline: str, stage: str) -> dg.AssetKey:
+    """Training assets live under `<p>_training/`, apart from the daily `<p>/*` ones, so
+    `key:<p>/*` still selects exactly one day's graph."""
+    return dg.AssetKey([f"{pipeline}_training", stage])
+
+
+def build_training(spec: PipelineSpec) -> tuple[list[dg.AssetsDefinition], Any]:
+    """`<p>_training/candidate_model` (trained, checked by the blocking promotion gate) and
+    `<p>_training/champion_model` (moves the alias; runs only if the gate passed)."""
     assert spec.training is not None
     name, group = spec.name, f"{spec.name}_training"
+
+    def key(stage: str) -> dg.AssetKey:
+        return training_key(name, stage)
+
     alias = spec.training.promote_alias
 
     @dg.asset(

@@ -81,7 +81,7 @@ def main() -> None:
 
     train_wall = materialize(
         root, "group:demand_training",
-        config={"ops": {"demand__candidate_model": {"config": {"window_end": day}}}},
+        config={"ops": {"demand_training__candidate_model": {"config": {"window_end": day}}}},
     )  # fmt: skip
     demand_wall = materialize(root, "group:demand", day)
     rows, mean_units, version = (

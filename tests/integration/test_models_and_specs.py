@@ -26,8 +26,6 @@ from tests.servers import webhook_recorder
 
 pytestmark = pytest.mark.slow
 
-TRAIN_CONFIG = {"ops": {"churn__candidate_model": {"config": {"window_end": DAY}}}}
-
 
 def table(resources: dict[str, Any], name: str) -> pa.Table:
     return resources["warehouse"].query(f"SELECT * FROM {DEMO_OUTPUT_SCHEMA}.{name} ORDER BY ALL")
@@ -45,7 +43,7 @@ def with_training(spec: PipelineSpec, **changes: Any) -> PipelineSpec:
 def train(
     spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance | None = None
 ) -> dg.ExecuteInProcessResult:
-    config = {"ops": {f"{spec.name}__candidate_model": {"config": {"window_end": DAY}}}}
+    config = {"ops": {f"{spec.name}_training__candidate_model": {"config": {"window_end": DAY}}}}
     return dg.materialize(
         build_pipeline(spec).training_assets, resources=resources, run_config=config,
         instance=instance, raise_on_error=False,
@@ -64,7 +62,7 @@ def test_an_accepted_candidate_becomes_champion_and_every_row_records_it(
     done = train(spec, resources)
     assert done.success, failure_message(done)
     assert check_results(done)[("candidate_model", "promotion_gate")]
-    candidate = done.output_for_node("churn__candidate_model")
+    candidate = done.output_for_node("churn_training__candidate_model")
     assert candidate.version != seeded and candidate.champion_version == seeded
     assert store.resolve("churn", "champion") == candidate.version
     meta = store.read_meta("churn", candidate.version)
@@ -279,11 +277,11 @@ def test_the_demand_pipeline_runs_from_its_yaml_alone(resources: dict[str, Any])
     pipeline = build_pipeline(spec)
     trained = dg.materialize(
         pipeline.training_assets, resources=resources, raise_on_error=False,
-        run_config={"ops": {"demand__candidate_model": {"config": {"window_end": DAY}}}},
+        run_config={"ops": {"demand_training__candidate_model": {"config": {"window_end": DAY}}}},
     )  # fmt: skip
     assert trained.success, failure_message(trained)
     version = resources["model_store"].resolve("demand", "champion")
-    assert trained.output_for_node("demand__candidate_model").version == version
+    assert trained.output_for_node("demand_training__candidate_model").version == version
 
     done = dg.materialize(
         pipeline.assets, partition_key=DAY, resources=resources, raise_on_error=False
