@@ -16,17 +16,17 @@ def defs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dg.Definitions:
 
 def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
-    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
-        "churn/drift_stats",
-        "churn/model",
-        "churn/predictions",
-        "churn/scored_shards",
-        "churn/shard_manifest",
-        "churn/source_features",
-    ]
+    daily = ["drift_stats", "exports", "model", "predictions", "scored_shards",
+             "shard_manifest", "source_features", "top_k"]  # fmt: skip
+    training = ["candidate_model", "champion_model"]
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == sorted(
+        [f"{p}/{s}" for p in ("churn", "demand") for s in daily]
+        + [f"{p}_training/{s}" for p in ("churn", "demand") for s in training]
+    )
     checks = sorted(
         (k.asset_key.to_user_string(), k.name, graph.get_check_spec(k).blocking)
         for k in graph.asset_check_keys
+        if k.asset_key.path[0] == "churn"
     )
     assert checks == [
         ("churn/drift_stats", "feature_drift_below_threshold", False),
@@ -43,14 +43,31 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
         ("churn/source_features", "partition_is_not_empty", True),
         ("churn/source_features", "row_count_within_limit", True),
     ]
+    # A regression has no [0, 1] gate and no classifier bounds; its mean score is bounded.
+    demand = {
+        k.name
+        for k in graph.asset_check_keys
+        if k.asset_key.to_user_string() == "demand/predictions"
+    }
+    assert demand == {
+        "ids_are_unique", "mean_score_within_bounds", "row_count_matches_source",
+        "scores_are_not_null",
+    }  # fmt: skip
+    promotion = [
+        (k.asset_key.to_user_string(), k.name, graph.get_check_spec(k).blocking)
+        for k in graph.asset_check_keys
+        if k.asset_key.path[0].endswith("_training")
+    ]
+    assert sorted(promotion) == [
+        ("churn_training/candidate_model", "promotion_gate", True),
+        ("demand_training/candidate_model", "promotion_gate", True),
+    ]
     assert sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")) == [
-        "churn_daily",
-        "retention_cleanup",
-    ]
+        "churn_daily", "churn_train", "demand_daily", "demand_train", "retention_cleanup",
+    ]  # fmt: skip
     assert sorted(s.name for s in defs.schedules or []) == [
-        "churn_daily_schedule",
-        "retention_cleanup_schedule",
-    ]
+        "churn_daily_schedule", "demand_daily_schedule", "retention_cleanup_schedule",
+    ]  # fmt: skip
     assert sorted(s.name for s in defs.sensors or []) == [
         "asset_check_failure_alerts",
         "churn_landing_sensor",

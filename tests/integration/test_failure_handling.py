@@ -128,6 +128,8 @@ def test_reexecution_from_failure_reruns_only_the_failed_shard(
             "churn__scored_shards.churn__collect_scores",
             "churn__predictions",
             "churn__drift_stats",
+            "churn__exports",
+            "churn__top_k",
         }
     table = read_table(resources)
     assert table.num_rows == SEED_CUSTOMERS
@@ -249,4 +251,7 @@ def test_instance_limits_and_job_tags(
         for a in pipeline.assets
         if getattr(a.node_def, "pool", None) is not None
     }
-    assert pools == {"source_features": "warehouse", "predictions": "warehouse"}
+    assert pools == {
+        "source_features": "warehouse", "predictions": "warehouse",
+        "exports": "warehouse", "top_k": "warehouse",
+    }  # fmt: skip

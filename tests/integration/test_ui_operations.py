@@ -190,6 +190,8 @@ def test_reexecute_from_failure_through_graphql(dagster: Dagster) -> None:
         "churn__scored_shards.churn__collect_scores",
         "churn__predictions",
         "churn__drift_stats",
+        "churn__exports",
+        "churn__top_k",
     }
     table = dagster.table(DAY)
     assert table.num_rows == SEED_CUSTOMERS
