@@ -184,11 +184,12 @@ def seed(
     version = store.save(
         "churn",
         trained,
-        extra={
-            "training_window": [
-                FIRST_DAY.isoformat(),
-                (FIRST_DAY + timedelta(days=train_days - 1)).isoformat(),
-            ]
+        extra={  # the same shape as a candidate's (training.py): end exclusive
+            "training_window": {
+                "start": FIRST_DAY.isoformat(),
+                "holdout_start": (FIRST_DAY + timedelta(days=train_days)).isoformat(),
+                "end": (FIRST_DAY + timedelta(days=train_days + holdout_days)).isoformat(),
+            }
         },
     )
     return SeedResult(

@@ -296,3 +296,37 @@ def test_unreachable_warehouse_publishes_nothing(
     assert "pipeline 'churn', partition 2026-10-15, source_features" in message
     assert "cannot connect to Snowflake" in message
     assert _predictions(snowflake).equals(before)
+
+
+def test_incremental_mode_on_snowflake_appends_only_new_ids(
+    churn_spec: PipelineSpec, snowflake: SnowflakeWarehouse, production: dict[str, Any]
+) -> None:
+    spec = churn_spec.model_copy(
+        update={"output": churn_spec.output.model_copy(update={"mode": "incremental"})}
+    )
+    late = "customer_id % 8 = 0 AND snapshot_date = ?"
+    with snowflake.connect() as con:  # 1,000 of the day's customers land late
+        cur = con.cursor()
+        cur.execute(
+            "CREATE TABLE FEATURES_DEV.LATE AS SELECT * FROM FEATURES_DEV.CUSTOMER_FEATURES "
+            f"WHERE {late}", [DAY],
+        )  # fmt: skip
+        cur.execute(f"DELETE FROM FEATURES_DEV.CUSTOMER_FEATURES WHERE {late}", [DAY])
+    first = _run(spec, production)
+    assert first.success, failure_message(first)
+    assert _predictions(snowflake, DAY).num_rows == SEED_CUSTOMERS - 1_000
+
+    with snowflake.connect() as con:
+        con.cursor().execute(
+            "INSERT INTO FEATURES_DEV.CUSTOMER_FEATURES SELECT * FROM FEATURES_DEV.LATE"
+        )
+    second = _run(spec, production)
+    assert second.success, failure_message(second)
+    assert second.output_for_node("churn__source_features").rows == 1_000
+    table = _predictions(snowflake, DAY)
+    assert table.num_rows == len(set(table.column("customer_id").to_pylist())) == SEED_CUSTOMERS
+    assert set(table.column("run_id").to_pylist()) == {first.run_id, second.run_id}
+
+    third = _run(spec, production)  # nothing new: succeeds and changes nothing
+    assert third.success, failure_message(third)
+    assert _predictions(snowflake, DAY).equals(table)
