@@ -182,11 +182,13 @@ def postgres_server() -> Iterator[dict[str, str]]:
     """A throwaway PostgreSQL server on 127.0.0.1 (initdb + pg_ctl from the machine's
     PostgreSQL), as DAGSTER_PG_* settings. Postgres refuses to run as root: as root it runs as
     the `postgres` user."""
-    bindir = Path(
-        subprocess.run(
-            ["pg_config", "--bindir"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise RuntimeError(
+            "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb): "
+            "install Debian's postgresql package (.ci/run does)"
+        )
+    bindir = found[-1].parent
     as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     with tempfile.TemporaryDirectory(prefix="bi-pg-") as tmp:
         data = Path(tmp) / "data"
