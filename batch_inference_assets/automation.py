@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from batch_inference_assets.factory import Pipeline
+from batch_inference_assets.factory import Pipeline, training_run_config
 from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.sql import SqlTemplate
 
@@ -39,6 +39,35 @@ def build_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition:
         return dg.RunRequest(
             run_key=f"{spec.name}:{day.isoformat()}",
             partition_key=day.isoformat(),
+            tags={"trigger": "schedule"},
+        )
+
+    return schedule
+
+
+def build_training_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition | None:
+    """`<p>_train_schedule` when the training section has a schedule."""
+    training = pipeline.spec.training
+    if training is None or training.schedule is None or pipeline.training_job is None:
+        return None
+    name, sched = pipeline.spec.name, training.schedule
+
+    @dg.schedule(
+        name=f"{name}_train_schedule",
+        cron_schedule=sched.cron,
+        execution_timezone=sched.timezone,
+        job=pipeline.training_job,
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING if sched.enabled else dg.DefaultScheduleStatus.STOPPED
+        ),
+        description=f"Trains a candidate on the window ending on each tick of '{sched.cron}'; "
+        "it becomes champion only through the promotion gate.",
+    )
+    def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        day = context.scheduled_execution_time.astimezone(ZoneInfo(sched.timezone)).date()
+        return dg.RunRequest(
+            run_key=f"{name}:train:{day.isoformat()}",
+            run_config=training_run_config(name, day),
             tags={"trigger": "schedule"},
         )
 

@@ -533,6 +533,12 @@ def training_key(pipeline: str, stage: str) -> dg.AssetKey:
     return dg.AssetKey([f"{pipeline}_training", stage])
 
 
+def training_run_config(pipeline: str, window_end: date) -> dict[str, Any]:
+    """Run config of `<pipeline>_train` for the labelled window ending (exclusive) on a day."""
+    op = f"{pipeline}_training__candidate_model"
+    return {"ops": {op: {"config": {"window_end": window_end.isoformat()}}}}
+
+
 def build_training(spec: PipelineSpec) -> tuple[list[dg.AssetsDefinition], Any]:
     """`<p>_training/candidate_model` (trained, checked by the blocking promotion gate) and
     `<p>_training/champion_model` (moves the alias; runs only if the gate passed)."""

@@ -192,13 +192,30 @@ class ScheduleSpec(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron_is_valid(cls, v: str) -> str:
-        import dagster as dg
+        return valid_cron(v)
 
-        try:
-            dg.ScheduleDefinition(name="validate", cron_schedule=v, job_name="validate")
-        except Exception as err:  # Dagster raises its own invariant errors for bad crons
-            raise ValueError(f"invalid cron {v!r}: {err}") from err
-        return v
+
+def valid_cron(v: str) -> str:
+    import dagster as dg
+
+    try:
+        dg.ScheduleDefinition(name="validate", cron_schedule=v, job_name="validate")
+    except Exception as err:  # Dagster raises its own invariant errors for bad crons
+        raise ValueError(f"invalid cron {v!r}: {err}") from err
+    return v
+
+
+class RetrainSchedule(_Strict):
+    """Retrain on a cron: each tick trains on the window ending on the tick's day."""
+
+    cron: str = "0 4 * * 1"
+    timezone: str = "UTC"
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_is_valid(cls, v: str) -> str:
+        return valid_cron(v)
 
 
 class LandingSpec(_Strict):
@@ -254,6 +271,7 @@ class TrainingSpec(_Strict):
         default=0.0, ge=0, description="How much worse than the champion, on the same holdout."
     )
     promote_alias: str = "champion"
+    schedule: RetrainSchedule | None = None
 
     @model_validator(mode="after")
     def _template_is_valid(self) -> "TrainingSpec":

@@ -10,7 +10,11 @@ from batch_inference_assets.alerts import (
     build_check_alert_sensor,
     build_run_failure_alert_sensor,
 )
-from batch_inference_assets.automation import build_landing_sensor, build_schedule
+from batch_inference_assets.automation import (
+    build_landing_sensor,
+    build_schedule,
+    build_training_schedule,
+)
 from batch_inference_assets.retention import build_retention_job
 from dagster_defs.deployments import deployment_resources
 from dagster_defs.executors import MULTIPROCESS, chosen_executor
@@ -28,10 +32,11 @@ def build_definitions(
     pipelines = [build_pipeline(spec) for spec in specs]
     retention_job, retention_schedule = build_retention_job([p.spec.name for p in pipelines])
     landing_sensors = [s for s in (build_landing_sensor(p) for p in pipelines) if s is not None]
+    retraining = [s for s in (build_training_schedule(p) for p in pipelines) if s is not None]
     return dg.Definitions(
         assets=[a for p in pipelines for a in p.all_assets],
         jobs=[*(j for p in pipelines for j in p.jobs), retention_job],
-        schedules=[*(build_schedule(p) for p in pipelines), retention_schedule],
+        schedules=[*(build_schedule(p) for p in pipelines), *retraining, retention_schedule],
         sensors=[
             *landing_sensors,
             build_check_alert_sensor(pipelines),

@@ -12,8 +12,10 @@ import os
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
+from batch_inference_assets.factory import training_run_config
 from dagster_defs.demo.seed import seed
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
 
@@ -81,7 +83,7 @@ def main() -> None:
 
     train_wall = materialize(
         root, "group:demand_training",
-        config={"ops": {"demand_training__candidate_model": {"config": {"window_end": day}}}},
+        config=training_run_config("demand", date.fromisoformat(day)),
     )  # fmt: skip
     demand_wall = materialize(root, "group:demand", day)
     rows, mean_units, version = (

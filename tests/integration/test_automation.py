@@ -8,7 +8,11 @@ import dagster as dg
 import pytest
 
 from batch_inference_assets import PipelineSpec, build_pipeline
-from batch_inference_assets.automation import build_landing_sensor, build_schedule
+from batch_inference_assets.automation import (
+    build_landing_sensor,
+    build_schedule,
+    build_training_schedule,
+)
 
 NOW = datetime(2026, 10, 17, 8, 0, tzinfo=UTC)  # the seeded data covers 10-01 .. 10-16
 
@@ -39,6 +43,32 @@ def test_schedule_scores_the_previous_day(
         scheduled_execution_time=datetime(2026, 10, 1, 2, tzinfo=UTC), repository_def=repo
     )
     assert schedule.evaluate_tick(early).skip_message
+
+
+def test_the_retraining_schedule_trains_and_gates_a_candidate(
+    churn_spec: PipelineSpec, resources: dict[str, Any]
+) -> None:
+    pipeline = build_pipeline(churn_spec)
+    schedule = build_training_schedule(pipeline)
+    assert schedule is not None and schedule.cron_schedule == "0 4 * * 1"
+    defs = dg.Definitions(
+        assets=pipeline.all_assets, jobs=[pipeline.training_job], schedules=[schedule],
+        resources=resources,
+    )  # fmt: skip
+    repo = defs.get_repository_def()
+    tick = datetime(2026, 10, 15, 4, tzinfo=UTC)  # a Thursday, fine for a test
+    ctx = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repo)
+    request = schedule.evaluate_tick(ctx).run_requests[0]
+    assert request.run_key == "churn:train:2026-10-15"
+    # The request runs as is: the window ends on the tick's day, the gate decides.
+    job = defs.resolve_job_def("churn_train")
+    result = job.execute_in_process(run_config=request.run_config, raise_on_error=False)
+    candidate = result.output_for_node("churn_training__candidate_model")
+    assert candidate.window_end == "2026-10-15" and candidate.window_start == "2026-10-01"
+    gate = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert [e.event_specific_data.check_name for e in gate] == ["promotion_gate"]
+    no_training = churn_spec.model_copy(update={"training": None})
+    assert build_training_schedule(build_pipeline(no_training)) is None
 
 
 def test_schedule_follows_the_spec(churn_spec: PipelineSpec, resources: dict[str, Any]) -> None:

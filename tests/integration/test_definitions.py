@@ -66,7 +66,8 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
         "churn_daily", "churn_train", "demand_daily", "demand_train", "retention_cleanup",
     ]  # fmt: skip
     assert sorted(s.name for s in defs.schedules or []) == [
-        "churn_daily_schedule", "demand_daily_schedule", "retention_cleanup_schedule",
+        "churn_daily_schedule", "churn_train_schedule", "demand_daily_schedule",
+        "retention_cleanup_schedule",
     ]  # fmt: skip
     assert sorted(s.name for s in defs.sensors or []) == [
         "asset_check_failure_alerts",

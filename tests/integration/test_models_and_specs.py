@@ -15,6 +15,7 @@ import pytest
 
 from batch_inference_assets import PipelineSpec, api, build_pipeline, load_spec
 from batch_inference_assets.alerts import Alerter, build_check_alert_sensor
+from batch_inference_assets.factory import training_run_config
 from batch_inference_assets.models.lightgbm_model import train_lightgbm
 from batch_inference_assets.models.store import ModelStore
 from batch_inference_assets.spec import parse_spec
@@ -43,7 +44,7 @@ def with_training(spec: PipelineSpec, **changes: Any) -> PipelineSpec:
 def train(
     spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance | None = None
 ) -> dg.ExecuteInProcessResult:
-    config = {"ops": {f"{spec.name}_training__candidate_model": {"config": {"window_end": DAY}}}}
+    config = training_run_config(spec.name, date.fromisoformat(DAY))
     return dg.materialize(
         build_pipeline(spec).training_assets, resources=resources, run_config=config,
         instance=instance, raise_on_error=False,
@@ -277,7 +278,7 @@ def test_the_demand_pipeline_runs_from_its_yaml_alone(resources: dict[str, Any])
     pipeline = build_pipeline(spec)
     trained = dg.materialize(
         pipeline.training_assets, resources=resources, raise_on_error=False,
-        run_config={"ops": {"demand_training__candidate_model": {"config": {"window_end": DAY}}}},
+        run_config=training_run_config("demand", date.fromisoformat(DAY)),
     )  # fmt: skip
     assert trained.success, failure_message(trained)
     version = resources["model_store"].resolve("demand", "champion")
