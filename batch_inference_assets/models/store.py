@@ -124,6 +124,20 @@ class ModelStore(dg.ConfigurableResource):
             raise ModelStoreError(f"model {name!r} has no version {version!r}") from err
         return meta
 
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Every stored version's metadata, oldest first (by created_at)."""
+        folder = self.base / name / "versions"
+        if not folder.exists():
+            return []
+        metas = [self.read_meta(name, p.name) for p in folder.iterdir() if p.is_dir()]
+        return sorted(metas, key=lambda m: str(m.get("created_at", "")))
+
+    def aliases(self, name: str) -> dict[str, str]:
+        folder = self.base / name / "aliases"
+        if not folder.exists():
+            return {}
+        return {p.name: p.read_text().strip() for p in folder.iterdir()}
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         if not (self._version_dir(name, version) / MODEL_FILE).exists():
             raise ModelStoreError(f"model {name!r} has no version {version!r}")

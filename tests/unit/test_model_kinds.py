@@ -231,3 +231,31 @@ def test_specs_declare_the_columns_of_their_kind(raw_churn: dict[str, Any]) -> N
     # A python model declares whatever its predict_fn returns.
     python = _with(raw_churn, "python", [*SYSTEM, {"name": "segment", "type": "string"}])
     assert parse_spec(python).model_output_columns == ["score", "segment"]
+
+
+def test_the_models_cli_lists_and_promotes_only_good_versions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dagster_defs.models_cli import main
+
+    store = _store(tmp_path)
+    first = train_lightgbm(
+        "lightgbm_regression", _table(500, 1), _table(200, 2), ["x"], "amount", 5
+    )
+    second = train_lightgbm(
+        "lightgbm_regression", _table(500, 4), _table(200, 2), ["x"], "amount", 5
+    )
+    v1 = store.save("m", first)
+    v2 = store.save("m", second, aliases=("candidate",))
+    assert main(["list", "m"], store) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:]] == [v1, v2]
+    assert out[1].endswith("champion") and out[2].endswith("candidate")
+    assert "rmse=" in out[1]
+
+    assert main(["promote", "m", v2], store) == 0
+    assert capsys.readouterr().out.strip() == f"m@champion: {v1} -> {v2}"
+    assert store.resolve("m", "champion") == v2
+    assert main(["promote", "m", "0123456789abcdef"], store) == 1
+    assert "no version or alias" in capsys.readouterr().err
+    assert store.resolve("m", "champion") == v2
