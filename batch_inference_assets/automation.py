@@ -18,6 +18,10 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _status(enabled: bool) -> dg.DefaultScheduleStatus:
+    return dg.DefaultScheduleStatus.RUNNING if enabled else dg.DefaultScheduleStatus.STOPPED
+
+
 def build_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition:
     spec, sched = pipeline.spec, pipeline.spec.schedule
 
@@ -26,9 +30,7 @@ def build_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition:
         cron_schedule=sched.cron,
         execution_timezone=sched.timezone,
         job=pipeline.job,
-        default_status=(
-            dg.DefaultScheduleStatus.RUNNING if sched.enabled else dg.DefaultScheduleStatus.STOPPED
-        ),
+        default_status=_status(sched.enabled),
         description=f"Scores the day {sched.days_back} day(s) before each tick of '{sched.cron}'.",
     )
     def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
@@ -57,9 +59,7 @@ def build_training_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition | None:
         cron_schedule=sched.cron,
         execution_timezone=sched.timezone,
         job=pipeline.training_job,
-        default_status=(
-            dg.DefaultScheduleStatus.RUNNING if sched.enabled else dg.DefaultScheduleStatus.STOPPED
-        ),
+        default_status=_status(sched.enabled),
         description=f"Trains a candidate on the window ending on each tick of '{sched.cron}'; "
         "it becomes champion only through the promotion gate.",
     )

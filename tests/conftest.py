@@ -116,6 +116,17 @@ def materialize_cli(
     )  # fmt: skip
 
 
+def last_run_steps(home: Path, event: dg.DagsterEventType) -> tuple[dg.DagsterRun, set[str]]:
+    """The newest run in the instance at `home`, and the steps with `event` in its event log.
+
+    Step processes print their own log lines and may exit (or be killed) before their output
+    is flushed, so the event log, not the CLI's output, says what each step did."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+        records = instance.get_records_for_run(run.run_id, of_type=event).records
+    return run, {r.event_log_entry.step_key for r in records if r.event_log_entry.step_key}
+
+
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
     failures = [e for e in result.all_events if e.is_step_failure]
     assert failures, "expected a failed step"

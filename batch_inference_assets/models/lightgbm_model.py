@@ -164,19 +164,6 @@ def train_lightgbm(
     return TrainedModel(booster.model_to_string(), features, reference, metrics, kind, classes)
 
 
-def train_binary(
-    train: pa.Table,
-    holdout: pa.Table,
-    feature_names: list[str],
-    label: str,
-    num_boost_round: int = 100,
-    params: dict[str, Any] | None = None,
-) -> TrainedModel:
-    return train_lightgbm(
-        "lightgbm_binary", train, holdout, feature_names, label, num_boost_round, params
-    )
-
-
 class LightGBMPredictor:
     """Scores a feature matrix with a LightGBM booster; `threads` bounds its CPU use."""
 

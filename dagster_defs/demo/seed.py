@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore
-from batch_inference_assets.models.lightgbm_model import train_binary
+from batch_inference_assets.models.lightgbm_model import train_lightgbm
 from batch_inference_assets.models.store import ModelStore
 from dagster_defs.demo.demand import seed_demand
 
@@ -173,7 +173,8 @@ def seed(
         con.register("labels", labels)
         con.execute(f"CREATE TABLE {SCHEMA}.churn_labels AS SELECT * FROM labels")
         demand_rows = seed_demand(con, SCHEMA, FIRST_DAY, days, train_days + holdout_days)
-    trained = train_binary(
+    trained = train_lightgbm(
+        "lightgbm_binary",
         pa.concat_tables(train_parts),
         pa.concat_tables(holdout_parts),
         FEATURES,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inference_assets import PipelineSpec, build_pipeline
-from batch_inference_assets.models.lightgbm_model import train_binary
+from batch_inference_assets.models.lightgbm_model import train_lightgbm
 from tests.conftest import DAY, EMPTY_DAY, Materialize, check_results, failure_message, read_table
 
 
@@ -166,7 +166,9 @@ def test_model_features_do_not_match_the_query(
             "y": rng.integers(0, 2, n),
         }
     )
-    other = train_binary(frame, frame, ["tenure", "loyalty_points"], "y", num_boost_round=5)
+    other = train_lightgbm(
+        "lightgbm_binary", frame, frame, ["tenure", "loyalty_points"], "y", num_boost_round=5
+    )
     resources["model_store"].save("churn", other)  # now the champion
     result = materialize(DAY)
     _assert_failed_cleanly(result, resources, published, "missing column 'loyalty_points'")

@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from tests.conftest import DAY, SEED_CUSTOMERS, materialize_cli, read_table
+from tests.conftest import DAY, SEED_CUSTOMERS, last_run_steps, materialize_cli, read_table
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +20,7 @@ def test_cli_materializes_every_asset_with_the_multiprocess_executor(
     log = done.stdout + done.stderr
     assert "Executing steps using multiprocess executor" in log
     assert log.count("Launching subprocess for") >= 7  # every step in its own process
-    # Step processes print their own log lines and may exit before stderr is flushed, so the
-    # run's event log (in this DAGSTER_HOME) is what says which steps succeeded.
-    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
-        run = instance.get_runs(limit=1)[0]
-        succeeded = {
-            r.event_log_entry.step_key
-            for r in instance.get_records_for_run(
-                run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
-            ).records
-        }
+    _, succeeded = last_run_steps(tmp_path / "home", dg.DagsterEventType.STEP_SUCCESS)
     for stage in ("model", "source_features", "shard_manifest", "predictions", "drift_stats"):
         assert f"churn__{stage}" in succeeded
     assert "churn__scored_shards.churn__score_shard[shard_00000]" in succeeded

@@ -10,7 +10,7 @@ from upath import UPath
 
 from batch_inference_assets import PipelineSpec
 from batch_inference_assets.models import compiled
-from batch_inference_assets.models.lightgbm_model import LightGBMPredictor, train_binary
+from batch_inference_assets.models.lightgbm_model import LightGBMPredictor, train_lightgbm
 from batch_inference_assets.models.matrix import feature_matrix
 from tests.conftest import DAY, SEED_CUSTOMERS, Materialize, read_table
 
@@ -50,7 +50,7 @@ def test_compiled_scores_match_lightgbm_and_are_cached(
 def _tiny(seed: int) -> Any:
     rng = np.random.default_rng(seed)
     t = pa.table({"x": rng.normal(size=500), "y": rng.integers(0, 2, 500)})
-    return train_binary(t, t, ["x"], "y", num_boost_round=3)
+    return train_lightgbm("lightgbm_binary", t, t, ["x"], "y", num_boost_round=3)
 
 
 def test_a_compiled_object_that_disagrees_falls_back_to_lightgbm(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from tests.conftest import (
     SEED_CUSTOMERS,
     Materialize,
     failure_message,
+    last_run_steps,
     materialize_cli,
     read_table,
 )
@@ -147,15 +148,7 @@ def test_a_hard_killed_shard_step_publishes_nothing_and_a_rerun_completes(
     Path(env["BI_TEST_FAULT_MARKER"]).touch()
     done = materialize_cli("key:churn/*", DAY, tmp_path / "home", env, module="tests.faulty_defs")
     assert done.returncode != 0
-    # From the run's event log: processes print their own lines and a killed one loses them.
-    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
-        run = instance.get_runs(limit=1)[0]
-        failed = {
-            r.event_log_entry.step_key
-            for r in instance.get_records_for_run(
-                run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
-            ).records
-        }
+    run, failed = last_run_steps(tmp_path / "home", dg.DagsterEventType.STEP_FAILURE)
     assert run.status == dg.DagsterRunStatus.FAILURE
     assert "churn__scored_shards.churn__score_shard[shard_00001]" in failed
     assert read_table(resources).equals(before)  # SIGKILL mid-run: the table is untouched

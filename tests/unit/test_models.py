@@ -8,7 +8,7 @@ from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.lightgbm_model import (
     LightGBMPredictor,
     TrainedModel,
-    train_binary,
+    train_lightgbm,
 )
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.models.store import ModelStore, ModelStoreError, content_version
@@ -25,11 +25,15 @@ def _table(n: int, seed: int) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def trained() -> TrainedModel:
-    return train_binary(_table(3000, 1), _table(1000, 2), ["x", "cat"], "y", num_boost_round=20)
+    return train_lightgbm(
+        "lightgbm_binary", _table(3000, 1), _table(1000, 2), ["x", "cat"], "y", num_boost_round=20
+    )
 
 
 def test_training_is_deterministic_and_learns(trained: TrainedModel) -> None:
-    again = train_binary(_table(3000, 1), _table(1000, 2), ["x", "cat"], "y", num_boost_round=20)
+    again = train_lightgbm(
+        "lightgbm_binary", _table(3000, 1), _table(1000, 2), ["x", "cat"], "y", num_boost_round=20
+    )
     assert content_version(again.model_text) == content_version(trained.model_text)
     assert trained.metrics["holdout_auc"] > 0.8
     assert [f.type for f in trained.features] == ["float64", "string"]
