@@ -64,7 +64,7 @@ def export_partition(
         row_group_rows=ROW_GROUP_ROWS,
         tag=QueryTag(spec.name, partition, run_id, stage),
     )
-    rows = sum(pq.ParquetFile(p.open("rb")).metadata.num_rows for p in parquet)
+    rows = sum(_rows(p) for p in parquet)
     files: dict[str, list[str]] = {}
     if "csv" in formats:
         files["csv"] = [str(parquet_to_csv(p, object_store.path(folder, "csv"))) for p in parquet]
@@ -73,6 +73,11 @@ def export_partition(
     else:
         object_store.remove_tree(object_store.path(folder, "parquet"))
     return ExportedPredictions(pipeline=spec.name, partition=partition, files=files, rows=rows)
+
+
+def _rows(path: UPath) -> int:
+    with path.open("rb") as fh:
+        return int(pq.ParquetFile(fh).metadata.num_rows)
 
 
 def parquet_to_csv(source: UPath, folder: UPath) -> UPath:

@@ -62,14 +62,15 @@ def split(
 
 def champion_metric(
     spec: PipelineSpec, model_store: ModelStore, holdout: pa.Table
-) -> tuple[str | None, float | None, str]:
-    """The current champion's metric on the candidate's holdout: (version, value, note)."""
+) -> tuple[str | None, float | None]:
+    """The current champion's version and metric on the candidate's holdout (None, None
+    when there is no champion yet)."""
     assert spec.training is not None
     training = spec.training
     try:
         champion = model_store.load(spec.model.name, training.promote_alias)
     except ModelStoreError:
-        return None, None, "no champion yet"
+        return None, None
     missing = [f.name for f in champion.features if f.name not in holdout.column_names]
     if missing:
         raise TrainingError(
@@ -83,7 +84,7 @@ def champion_metric(
         raise TrainingError(
             f"champion {champion.version} ({champion.kind}) has no {training.metric}"
         )
-    return champion.version, value, f"champion {champion.version}"
+    return champion.version, value
 
 
 def train_candidate(
@@ -110,7 +111,7 @@ def train_candidate(
     value = trained.metrics.get(f"holdout_{training.metric}")
     if value is None:
         raise TrainingError(f"{spec.model.kind} models have no {training.metric} metric")
-    champion_version, champion_value, _ = champion_metric(spec, model_store, holdout)
+    champion_version, champion_value = champion_metric(spec, model_store, holdout)
     version = model_store.save(
         spec.model.name,
         trained,

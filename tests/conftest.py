@@ -24,6 +24,15 @@ DAY = "2026-10-15"
 OTHER_DAYS = ("2026-10-13", "2026-10-14")
 EMPTY_DAY = "2026-10-20"  # inside the partition range, after the seeded data
 TABLE = f"{DEMO_OUTPUT_SCHEMA}.churn_predictions"
+# What a re-execution from failure re-runs when only shard_00001 failed: it and downstream.
+RERUN_AFTER_SHARD_00001 = {
+    "churn__scored_shards.churn__score_shard[shard_00001]",
+    "churn__scored_shards.churn__collect_scores",
+    "churn__predictions",
+    "churn__drift_stats",
+    "churn__exports",
+    "churn__top_k",
+}
 DEPLOY = Path(__file__).parents[1] / "dagster_defs" / "deploy"  # production instance, Helm values
 OUTPUT_COLUMNS = [
     "customer_id", "score", "label", "model_version", "scored_at", "run_id", "partition_date",

@@ -14,21 +14,20 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from batch_inference_assets.contracts import Contract
+from batch_inference_assets.models.lightgbm_model import LightGBMPredictor
 from batch_inference_assets.records import ModelHandle
+from batch_inference_assets.spec import LABEL_COLUMN as LABEL
+from batch_inference_assets.spec import PROB_PREFIX
+from batch_inference_assets.spec import SCORE_COLUMN as SCORE
 
-ModelKind = Literal["lightgbm_binary", "lightgbm_multiclass", "lightgbm_regression", "python"]
 LIGHTGBM_KINDS = ("lightgbm_binary", "lightgbm_multiclass", "lightgbm_regression")
-CLASSIFIERS = ("lightgbm_binary", "lightgbm_multiclass")
-PROB_PREFIX = "prob_"
-SCORE = "score"
-LABEL = "label"
 
 
 class ModelOutputError(ValueError):
@@ -90,8 +89,6 @@ def load_predictor(kind: str, model_text: str, threads: int = 0) -> Any:
     if kind == "python":
         return PythonPredictor(model_text)
     if kind in LIGHTGBM_KINDS:
-        from batch_inference_assets.models.lightgbm_model import LightGBMPredictor
-
         return LightGBMPredictor(model_text, threads)
     raise ValueError(f"unknown model kind {kind!r}")
 
@@ -107,11 +104,6 @@ class Scored:
     columns: dict[str, pa.Array]
 
 
-def model_output_columns(output: Contract, system: set[str]) -> list[str]:
-    """Declared output columns the model produces (everything but ids and system columns)."""
-    return [c for c in output.names if c not in system]
-
-
 class Scorer:
     """kind + predictor + declared output -> Scored, batch by batch."""
 
@@ -124,7 +116,6 @@ class Scorer:
     ) -> None:
         self.model = model
         self.predictor = predictor
-        self.output = output
         self.produced = produced  # what this model must produce besides the system columns
         self.schema = output.arrow_schema()
 

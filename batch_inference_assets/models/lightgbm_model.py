@@ -120,6 +120,18 @@ def metrics_for(kind: str, y: np.ndarray, raw: np.ndarray, n_classes: int = 0) -
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
+def drift_reference(
+    x: np.ndarray, features: list[FeatureInfo], scores: np.ndarray
+) -> dict[str, Histogram]:
+    """What drift compares each partition with: every feature's and the score's distribution."""
+    reference = {
+        f.name: stats.histogram(x[:, j], stats.edges_for(f, x[:, j]))
+        for j, f in enumerate(features)
+    }
+    reference[stats.SCORE_KEY] = stats.histogram(scores, stats.quantile_edges(scores))
+    return reference
+
+
 def train_lightgbm(
     kind: str,
     train: pa.Table,
@@ -146,12 +158,7 @@ def train_lightgbm(
     booster = lgb.train(settings, dataset, num_boost_round)
 
     train_raw = np.asarray(booster.predict(x), dtype=np.float64)
-    train_scores = primary_score(kind, train_raw, len(classes))
-    reference = {
-        f.name: stats.histogram(x[:, j], stats.edges_for(f, x[:, j]))
-        for j, f in enumerate(features)
-    }
-    reference[stats.SCORE_KEY] = stats.histogram(train_scores, stats.quantile_edges(train_scores))
+    reference = drift_reference(x, features, primary_score(kind, train_raw, len(classes)))
     hx = feature_matrix(holdout, features)
     hy = encode_labels(kind, holdout.column(label), classes)
     holdout_raw = np.asarray(booster.predict(hx), dtype=np.float64)

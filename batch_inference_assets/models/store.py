@@ -11,10 +11,13 @@ import pyarrow as pa
 from pydantic import Field
 from upath import UPath
 
-from batch_inference_assets import stats
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.models import kinds
-from batch_inference_assets.models.lightgbm_model import TrainedModel, infer_features
+from batch_inference_assets.models.lightgbm_model import (
+    TrainedModel,
+    drift_reference,
+    infer_features,
+)
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.records import ModelHandle
 
@@ -104,12 +107,7 @@ class ModelStore(dg.ConfigurableResource):
                 f"and one row per input row"
             )
         scores = out[kinds.SCORE].to_numpy(dtype="float64")
-        x = feature_matrix(sample, features)
-        reference = {
-            f.name: stats.histogram(x[:, j], stats.edges_for(f, x[:, j]))
-            for j, f in enumerate(features)
-        }
-        reference[stats.SCORE_KEY] = stats.histogram(scores, stats.quantile_edges(scores))
+        reference = drift_reference(feature_matrix(sample, features), features, scores)
         trained = TrainedModel(text, features, reference, {}, kind="python")
         return self.save(
             name, trained, aliases=aliases, extra={"predict_fn": predict_fn, **(extra or {})}
