@@ -6,11 +6,11 @@ from collections.abc import Sequence
 import dagster as dg
 import pyarrow as pa
 
-from batch_inference_assets import stats
-from batch_inference_assets.features import FeatureProfile
-from batch_inference_assets.publish import GateResult, blocking_checks
 from batch_inference_assets.records import FeatureExport, ModelHandle, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
+from batch_inference_assets.stages import stats
+from batch_inference_assets.stages.features import FeatureProfile
+from batch_inference_assets.stages.publish import GateResult, blocking_checks
 
 # source_features
 PARTITION_IS_NOT_EMPTY = "partition_is_not_empty"

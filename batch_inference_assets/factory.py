@@ -10,18 +10,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field, ValidationError
 
-from batch_inference_assets import (
-    checks,
-    drift,
-    exports,
-    features,
-    progress,
-    publish,
-    scoring,
-    shards,
-    stats,
-    training,
-)
+from batch_inference_assets import checks, progress
 from batch_inference_assets.contracts import arrow_schema_to_table_schema
 from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.io.object_store import ObjectStore
@@ -41,6 +30,16 @@ from batch_inference_assets.records import (
     ShardScore,
 )
 from batch_inference_assets.spec import PipelineSpec
+from batch_inference_assets.stages import (
+    drift,
+    exports,
+    features,
+    publish,
+    scoring,
+    shards,
+    stats,
+    training,
+)
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 WAREHOUSE_POOL = "warehouse"  # bounds concurrent warehouse queries across runs (dagster.yaml)

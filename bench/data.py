@@ -11,13 +11,13 @@ import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 
-from batch_inference_assets import stats
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.lightgbm_model import TrainedModel
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.models.store import ModelStore
 from batch_inference_assets.records import FeatureInfo
+from batch_inference_assets.stages import stats
 
 DAY = "2026-10-15"
 N_FEATURES = 30

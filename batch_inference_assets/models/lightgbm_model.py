@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_inference_assets import stats
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.records import FeatureInfo, Histogram
+from batch_inference_assets.stages import stats
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",

@@ -4,9 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from batch_inference_assets.features import describe_file, profile_export
 from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.records import FeatureExport
+from batch_inference_assets.stages.features import describe_file, profile_export
 
 
 def _export(paths: list[Path]) -> FeatureExport:

@@ -19,7 +19,7 @@ from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
 from batch_inference_assets.records import CandidateModel, FeatureInfo, ModelHandle
 from batch_inference_assets.spec import SpecError, parse_spec
-from batch_inference_assets.training import gate
+from batch_inference_assets.stages.training import gate
 from dagster_defs.definitions import PIPELINES_DIR
 
 

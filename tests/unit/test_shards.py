@@ -1,6 +1,6 @@
 from batch_inference_assets.records import ExportedFile, FeatureExport, RowGroup
-from batch_inference_assets.shards import plan_shards, shard_count
 from batch_inference_assets.spec import Sharding
+from batch_inference_assets.stages.shards import plan_shards, shard_count
 
 
 def _export(sizes_per_file: list[list[int]]) -> FeatureExport:

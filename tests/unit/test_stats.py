@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from batch_inference_assets import stats
 from batch_inference_assets.records import FeatureInfo, Histogram
+from batch_inference_assets.stages import stats
 
 
 def test_bucket_counts_put_missing_last() -> None:

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 from upath import UPath
 
-from batch_inference_assets import stats
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.records import Histogram, ModelHandle, ScoredShards
+from batch_inference_assets.stages import stats
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 from batch_inference_assets.contracts import sql_identifier
-from batch_inference_assets.features import MAX_EXPORT_FILE_BYTES
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import place_file, temp_file_for
 from batch_inference_assets.io.warehouse import QueryTag, Warehouse
 from batch_inference_assets.records import ExportedPredictions
 from batch_inference_assets.spec import PARTITION_COLUMN, PipelineSpec
+from batch_inference_assets.stages.features import MAX_EXPORT_FILE_BYTES
 
 ROW_GROUP_ROWS = 65_536
 

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from batch_inference_assets import stats
 from batch_inference_assets.contracts import Contract
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import place_file, temp_file_for
@@ -19,6 +18,7 @@ from batch_inference_assets.models.kinds import Scored, Scorer
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardScore
 from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN
+from batch_inference_assets.stages import stats
 
 FEATURE_SAMPLE_ROWS_PER_BATCH = 8_192
 
