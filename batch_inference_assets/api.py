@@ -22,8 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch_inference_assets.checks import contract_problems
-from batch_inference_assets.factory import build_pipeline
+from batch_inference_assets.assets.checks import contract_problems
+from batch_inference_assets.assets.pipeline import build_pipeline
 from batch_inference_assets.models import kinds
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.models.store import ModelStore

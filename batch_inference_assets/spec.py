@@ -1,6 +1,7 @@
 """PipelineSpec: one pipeline = a feature query + a model + an output table, validated at load."""
 
 import re
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -41,9 +42,17 @@ class _Strict(BaseModel):
 
 
 class FeatureQuery(_Strict):
-    sql: str = Field(description="Feature SQL; {schema} and :named parameters are templated.")
-    id_columns: list[str] = Field(min_length=1)
-    ctx: dict[str, str | int | float | bool | date] = Field(default_factory=dict)
+    sql_file: str | None = Field(
+        default=None,
+        description="The feature SQL, in a file beside the YAML (or give `sql` inline). It "
+        "returns the id columns and the features; {schema} is the warehouse's feature schema, "
+        ":partition_date, :partition_start, :partition_end and each ctx key are bound values.",
+    )
+    sql: str = Field(default="", description="The feature SQL inline, instead of sql_file.")
+    id_columns: list[str] = Field(min_length=1, description="The key of a row: [customer_id].")
+    ctx: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra bound values for the SQL, by name."
+    )
 
     @field_validator("id_columns")
     @classmethod
@@ -54,8 +63,15 @@ class FeatureQuery(_Strict):
 
     @model_validator(mode="after")
     def _template_is_valid(self) -> "FeatureQuery":
-        SqlTemplate.parse(self.sql).check_parameters(set(self.ctx))
+        _one_of_sql_or_file(self.sql, self.sql_file)
+        if self.sql:  # a sql_file is checked once it is read (resolve_sql_files)
+            SqlTemplate.parse(self.sql).check_parameters(set(self.ctx))
         return self
+
+
+def _one_of_sql_or_file(sql: str, sql_file: str | None) -> None:
+    if bool(sql) == bool(sql_file):
+        raise ValueError("give sql or sql_file")
 
 
 class ModelSpec(_Strict):
@@ -250,10 +266,13 @@ class LimitSpec(_Strict):
 class TrainingSpec(_Strict):
     """The candidate model: LightGBM trained on a labelled window, promoted by a gate."""
 
-    sql: str = Field(
-        description="Labelled rows; :window_start and :window_end (dates, end exclusive) bound "
-        "them. Must return the model's features, `label` and a `date_column`."
+    sql_file: str | None = Field(
+        default=None,
+        description="Labelled rows, in a file beside the YAML (or `sql` inline); :window_start "
+        "and :window_end (dates, end exclusive) bound them. Must return the model's features, "
+        "`label` and a `date_column`.",
     )
+    sql: str = Field(default="", description="The training SQL inline, instead of sql_file.")
     label: str = "label"
     date_column: str = "snapshot_date"
     window_days: int = Field(default=60, ge=2)
@@ -275,7 +294,9 @@ class TrainingSpec(_Strict):
 
     @model_validator(mode="after")
     def _template_is_valid(self) -> "TrainingSpec":
-        unknown = set(SqlTemplate.parse(self.sql).params) - {"window_start", "window_end"}
+        _one_of_sql_or_file(self.sql, self.sql_file)
+        params = SqlTemplate.parse(self.sql).params if self.sql else []
+        unknown = set(params) - {"window_start", "window_end"}
         if unknown:
             raise ValueError(f"training sql: unknown parameters {sorted(unknown)}")
         if self.holdout_days >= self.window_days:
@@ -373,26 +394,82 @@ class PipelineSpec(_Strict):
         )
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {field}: {e['msg']}")
-    return "\n".join(lines)
+COMPONENT_TYPE = "batch_inference_assets.BatchInferencePipeline"
+SQL_SECTIONS = ("features", "training")
 
 
-def parse_spec(raw: dict[str, Any], source: str = "<inline>") -> PipelineSpec:
-    """Validate a raw mapping into a PipelineSpec; errors name `source` and the field."""
+def yaml_line(path: Path, field: Sequence[str | int]) -> int | None:
+    """The 1-based line of `field` (a key path) in a YAML file: the deepest part that exists."""
+    try:
+        node: Any = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in field:
+        if isinstance(node, yaml.MappingNode):
+            found = [v for k, v in node.value if k.value == part]
+            if not found:
+                key = [k for k, _ in node.value if k.value == part]
+                return key[0].start_mark.line + 1 if key else line
+            node = found[0]
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _problem(source: Path | None, prefix: Sequence[str], loc: Sequence[str | int], msg: str) -> str:
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    line = yaml_line(source, [*prefix, *loc]) if source is not None else None
+    return f"  {field}: {msg}" + (f" (line {line})" if line else "")
+
+
+def _format_validation_error(
+    err: ValidationError, source: Path | None, prefix: Sequence[str]
+) -> str:
+    return "\n".join(_problem(source, prefix, e["loc"], e["msg"]) for e in err.errors())
+
+
+def parse_spec(
+    raw: dict[str, Any], source: str | Path = "<inline>", prefix: Sequence[str] = ()
+) -> PipelineSpec:
+    """Validate a raw mapping into a PipelineSpec; errors name `source`, the field and its line
+    (`prefix` is where the mapping sits in the file, e.g. `attributes` in a defs.yaml)."""
+    path = Path(source) if source != "<inline>" else None
     try:
         return PipelineSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(
-            f"invalid pipeline spec {source}:\n{_format_validation_error(err)}"
+            f"invalid pipeline spec {source}:\n{_format_validation_error(err, path, prefix)}"
         ) from err
 
 
+def resolve_sql_files(spec: PipelineSpec, source: Path, prefix: Sequence[str] = ()) -> PipelineSpec:
+    """Read each `sql_file` (relative to the YAML file `source`) into `sql`, then validate the
+    whole spec again so the SQL's parameters are checked like inline SQL."""
+    raw = spec.model_dump(mode="json", exclude_unset=True)
+    for section in SQL_SECTIONS:
+        body = raw.get(section)
+        if not isinstance(body, dict) or not body.get("sql_file"):
+            continue
+        sql_path = source.parent / str(body["sql_file"])
+        try:
+            raw[section] = {**body, "sql": sql_path.read_text(), "sql_file": None}
+        except OSError as err:
+            problem = _problem(
+                source, prefix, [section, "sql_file"], f"cannot read {sql_path}: {err}"
+            )
+            raise SpecError(f"invalid pipeline spec {source}:\n{problem}") from err
+    return parse_spec(raw, source, prefix)
+
+
 def load_spec(path: str | Path) -> PipelineSpec:
-    """Load one pipeline YAML; `features.sql_file` is read relative to the YAML file."""
+    """Load one pipeline: a component's `defs.yaml` (its `attributes`) or a bare spec YAML.
+    `sql_file`s are read relative to the YAML file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -400,28 +477,29 @@ def load_spec(path: str | Path) -> PipelineSpec:
         raise SpecError(f"cannot read pipeline spec {path}: {err}") from err
     if not isinstance(raw, dict):
         raise SpecError(f"invalid pipeline spec {path}: expected a mapping at the top level")
-    for section in ("features", "training"):
-        body = raw.get(section)
-        if isinstance(body, dict) and "sql_file" in body:
-            body = dict(body)
-            sql_path = path.parent / str(body.pop("sql_file"))
-            if "sql" in body:
-                raise SpecError(f"invalid pipeline spec {path}:\n  {section}: give sql or sql_file")
-            try:
-                body["sql"] = sql_path.read_text()
-            except OSError as err:
-                raise SpecError(
-                    f"invalid pipeline spec {path}:\n  {section}.sql_file: cannot read "
-                    f"{sql_path}: {err}"
-                ) from err
-            raw = {**raw, section: body}
-    return parse_spec(raw, source=str(path))
+    prefix: tuple[str, ...] = ()
+    if "attributes" in raw and "type" in raw:
+        if raw["type"] != COMPONENT_TYPE:
+            raise SpecError(f"invalid pipeline spec {path}: type must be {COMPONENT_TYPE}")
+        raw, prefix = raw["attributes"], ("attributes",)
+        if not isinstance(raw, dict):
+            raise SpecError(f"invalid pipeline spec {path}: expected a mapping of attributes")
+    return resolve_sql_files(parse_spec(raw, path, prefix), path, prefix)
 
 
-def load_specs(folder: str | Path) -> list[PipelineSpec]:
-    specs = [load_spec(p) for p in sorted(Path(folder).glob("*.yaml"))]
+def spec_files(folder: str | Path) -> list[Path]:
+    """Every pipeline under a defs folder: `<folder>/**/defs.yaml` of our component type."""
+    return [p for p in sorted(Path(folder).rglob("defs.yaml")) if COMPONENT_TYPE in p.read_text()]
+
+
+def check_unique_names(specs: Sequence[PipelineSpec], where: str | Path) -> None:
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise SpecError(f"pipeline names are not unique in {folder}: {dupes}")
+        raise SpecError(f"pipeline names are not unique in {where}: {dupes}")
+
+
+def load_specs(folder: str | Path) -> list[PipelineSpec]:
+    specs = [load_spec(p) for p in spec_files(folder)]
+    check_unique_names(specs, folder)
     return specs

@@ -43,7 +43,7 @@ def build() -> dg.Definitions:
             s.model_copy(update={"model": s.model.model_copy(update={"predictor": "compiled"})})
             for s in specs
         ]
-    return build_definitions(resources, specs=specs, executor=chosen_executor(specs))
+    return build_definitions(resources, specs=specs, executor=chosen_executor())
 
 
 @dg.definitions

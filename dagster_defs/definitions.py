@@ -1,49 +1,53 @@
-"""The code location: every pipeline in pipelines/*.yaml on the chosen deployment's resources."""
+"""The code location `batch_inference`: every BatchInferencePipeline component in defs/, plus
+what spans pipelines (alert sensors, retention), on the chosen deployment's resources."""
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from batch_inference_assets import PipelineSpec, build_pipeline, load_specs
-from batch_inference_assets.alerts import (
+from batch_inference_assets import BatchInferencePipeline, Pipeline, build_pipeline, load_specs
+from batch_inference_assets.assets.alerts import (
     build_check_alert_sensor,
     build_run_failure_alert_sensor,
 )
-from batch_inference_assets.automation import (
-    build_landing_sensor,
-    build_schedule,
-    build_training_schedule,
-)
-from batch_inference_assets.retention import build_retention_job
+from batch_inference_assets.assets.retention import build_retention_job
+from dagster_defs import defs as defs_folder
 from dagster_defs.deployments import deployment_resources
 from dagster_defs.executors import MULTIPROCESS, chosen_executor
 
-PIPELINES_DIR = Path(__file__).parent / "pipelines"
+PROJECT_ROOT = Path(__file__).parent.parent
+PIPELINES_DIR = Path(defs_folder.__file__).parent / "pipelines"
+
+
+def shared_definitions(
+    pipelines: Sequence[Pipeline],
+    resources: dict[str, Any],
+    executor: dg.ExecutorDefinition | None,
+) -> dg.Definitions:
+    """What belongs to the code location rather than to one pipeline."""
+    retention_job, retention_schedule = build_retention_job([p.spec.name for p in pipelines])
+    return dg.Definitions(
+        jobs=[retention_job],
+        schedules=[retention_schedule],
+        sensors=[build_check_alert_sensor(pipelines), build_run_failure_alert_sensor()],
+        resources=resources,
+        executor=executor,
+    )
 
 
 def build_definitions(
     resources: dict[str, Any],
     pipelines_dir: Path = PIPELINES_DIR,
     executor: dg.ExecutorDefinition | None = MULTIPROCESS,
-    specs: list[PipelineSpec] | None = None,
+    specs: list[Any] | None = None,
 ) -> dg.Definitions:
-    specs = load_specs(pipelines_dir) if specs is None else specs
-    pipelines = [build_pipeline(spec) for spec in specs]
-    retention_job, retention_schedule = build_retention_job([p.spec.name for p in pipelines])
-    landing_sensors = [s for s in (build_landing_sensor(p) for p in pipelines) if s is not None]
-    retraining = [s for s in (build_training_schedule(p) for p in pipelines) if s is not None]
-    return dg.Definitions(
-        assets=[a for p in pipelines for a in p.all_assets],
-        jobs=[*(j for p in pipelines for j in p.jobs), retention_job],
-        schedules=[*(build_schedule(p) for p in pipelines), *retraining, retention_schedule],
-        sensors=[
-            *landing_sensors,
-            build_check_alert_sensor(pipelines),
-            build_run_failure_alert_sensor(),
-        ],
-        resources=resources,
-        executor=executor,
+    """The code location from pipeline specs in any folder (`**/defs.yaml`), built the way
+    the component builds them: for tests, benchmarks and a folder outside the project."""
+    pipelines = [build_pipeline(s) for s in (load_specs(pipelines_dir) if specs is None else specs)]
+    return dg.Definitions.merge(
+        *(p.definitions() for p in pipelines), shared_definitions(pipelines, resources, executor)
     )
 
 
@@ -51,10 +55,13 @@ def build_definitions(
 def defs() -> dg.Definitions:
     # Read when Dagster loads the code location, never at import.
     root = Path(dg.EnvVar("BATCH_INFERENCE_ROOT").get_value(".data") or ".data").resolve()
-    pipelines_dir = Path(
-        dg.EnvVar("BATCH_INFERENCE_PIPELINES_DIR").get_value(str(PIPELINES_DIR)) or PIPELINES_DIR
-    )
-    specs = load_specs(pipelines_dir)
-    return build_definitions(
-        deployment_resources(root), executor=chosen_executor(specs), specs=specs
+    resources = deployment_resources(root)
+    executor = chosen_executor()
+    elsewhere = dg.EnvVar("BATCH_INFERENCE_PIPELINES_DIR").get_value()
+    if elsewhere:
+        return build_definitions(resources, Path(elsewhere), executor)
+    tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=PROJECT_ROOT)
+    pipelines = [c.pipeline for c in tree.get_all_components(of_type=BatchInferencePipeline)]
+    return dg.Definitions.merge(
+        tree.build_defs(), shared_definitions(pipelines, resources, executor)
     )

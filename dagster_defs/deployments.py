@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_inference_assets.alerts import Alerter
+from batch_inference_assets.assets.alerts import Alerter
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory

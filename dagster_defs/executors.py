@@ -3,7 +3,7 @@
 Chosen by BATCH_INFERENCE_EXECUTOR when the code location loads:
   multiprocess  one process per step on the run's machine (the default; forkserver)
   celery        steps go to warm Celery workers on any number of machines, through a broker
-  k8s           each step in its own Kubernetes pod (dagster-k8s), sized from the pipeline spec
+  k8s           each step in its own Kubernetes pod (dagster-k8s), sized by its op's tag
 
 The library never knows which one runs. dagster-dask is deliberately not offered: it silently
 dropped dynamic (shard) steps (see PITFALLS.md).
@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-
-from batch_inference_assets import PipelineSpec
-from batch_inference_assets.factory import score_op_name
 
 EXECUTORS = ("multiprocess", "celery", "k8s")
 
@@ -85,11 +82,10 @@ def filesystem_broker(folder: Path) -> dict[str, Any]:
     }
 
 
-def k8s_config(specs: list[PipelineSpec]) -> dict[str, Any]:
-    """k8s_job_executor config: each shard step's pod requests what its spec says."""
-    config: dict[str, Any] = {
-        "per_step_k8s_config": {score_op_name(s.name): shard_pod(s) for s in specs},
-    }
+def k8s_config() -> dict[str, Any]:
+    """k8s_job_executor config. Each shard step's pod size comes from its op's
+    `dagster-k8s/config` tag (set from the spec's sharding.step_resources), not from here."""
+    config: dict[str, Any] = {}
     if os.environ.get("BATCH_INFERENCE_K8S_NAMESPACE"):
         config["job_namespace"] = {"env": "BATCH_INFERENCE_K8S_NAMESPACE"}
     if os.environ.get("BATCH_INFERENCE_K8S_MAX_PODS"):
@@ -97,20 +93,7 @@ def k8s_config(specs: list[PipelineSpec]) -> dict[str, Any]:
     return config
 
 
-def shard_pod(spec: PipelineSpec) -> dict[str, Any]:
-    need = spec.sharding.step_resources
-    return {
-        "container_config": {
-            "resources": {
-                "requests": {"cpu": need.cpu, "memory": need.memory},
-                "limits": {"memory": need.memory},
-            }
-        },
-        "pod_template_spec_metadata": {"labels": {"batch-inference/pipeline": spec.name}},
-    }
-
-
-def chosen_executor(specs: list[PipelineSpec]) -> dg.ExecutorDefinition:
+def chosen_executor() -> dg.ExecutorDefinition:
     name = os.environ.get("BATCH_INFERENCE_EXECUTOR") or "multiprocess"
     if name == "multiprocess":
         return MULTIPROCESS
@@ -121,5 +104,5 @@ def chosen_executor(specs: list[PipelineSpec]) -> dg.ExecutorDefinition:
     if name == "k8s":
         from dagster_k8s import k8s_job_executor
 
-        return k8s_job_executor.configured(k8s_config(specs))
+        return k8s_job_executor.configured(k8s_config())
     raise ValueError(f"BATCH_INFERENCE_EXECUTOR must be one of {EXECUTORS}, not {name!r}")

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from batch_inference_assets import PipelineSpec, build_pipeline, load_spec
+from batch_inference_assets.spec import COMPONENT_TYPE
 from dagster_defs.definitions import PIPELINES_DIR
 from dagster_defs.demo.seed import seed
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
@@ -60,7 +61,7 @@ def resources(root: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def churn_spec() -> PipelineSpec:
-    spec = load_spec(PIPELINES_DIR / "churn.yaml")
+    spec = load_spec(PIPELINES_DIR / "churn" / "defs.yaml")
     # Smaller shards than the demo so every run here fans out to several steps.
     return spec.model_copy(
         update={"sharding": spec.sharding.model_copy(update={"target_rows": 2_000})}
@@ -173,26 +174,40 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os._exit(_EXIT_STATUS[-1])
 
 
-def churn_yaml() -> dict[str, Any]:
-    """churn.yaml as a mapping whose SQL files resolve from anywhere."""
+def pipeline_yaml(name: str) -> dict[str, Any]:
+    """A demo pipeline's attributes (its defs.yaml) as a mapping whose SQL files resolve from
+    anywhere."""
     import yaml
 
-    raw: dict[str, Any] = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
+    folder = PIPELINES_DIR / name
+    raw: dict[str, Any] = yaml.safe_load((folder / "defs.yaml").read_text())["attributes"]
     for section in ("features", "training"):
         if "sql_file" in raw.get(section, {}):
-            raw[section]["sql_file"] = str(PIPELINES_DIR / raw[section]["sql_file"])
+            raw[section]["sql_file"] = str(folder / raw[section]["sql_file"])
     return raw
 
 
-def write_test_pipelines(folder: Path, max_retries: int, delay_seconds: float) -> Path:
-    """The churn pipeline with test-sized shards and the given retries, as a YAML folder."""
+def churn_yaml() -> dict[str, Any]:
+    return pipeline_yaml("churn")
+
+
+def write_pipeline(folder: Path, raw: dict[str, Any]) -> Path:
+    """A pipeline's attributes written as `<folder>/<name>/defs.yaml`, the component's layout."""
     import yaml
 
+    path = folder / raw["name"] / "defs.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"type": COMPONENT_TYPE, "attributes": raw}, sort_keys=False))
+    return path
+
+
+def write_test_pipelines(folder: Path, max_retries: int, delay_seconds: float) -> Path:
+    """The churn pipeline with test-sized shards and the given retries, as a defs folder."""
     folder.mkdir()
     raw = churn_yaml()
     raw["sharding"]["target_rows"] = 2_000
     raw["retries"] = {"max_retries": max_retries, "delay_seconds": delay_seconds}
-    (folder / "churn.yaml").write_text(yaml.safe_dump(raw))
+    write_pipeline(folder, raw)
     return folder
 
 

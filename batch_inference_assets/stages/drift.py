@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import dataclass
+from datetime import date, timedelta
 
 from upath import UPath
 
@@ -52,3 +53,43 @@ def drift_report(
         {k: stats.psi(previous[k], current[k]) for k in keys if k in previous} if previous else None
     )
     return DriftReport(model.version, current, psi_reference, psi_previous)
+
+
+def previous_partition(day: date, start_date: date) -> str | None:
+    """The daily partition before `day`, none for the first one."""
+    return (day - timedelta(days=1)).isoformat() if day > start_date else None
+
+
+def compare_with_previous(
+    object_store: ObjectStore,
+    pipeline: str,
+    day: date,
+    start_date: date,
+    model: ModelHandle,
+    scored: ScoredShards,
+) -> tuple[DriftReport, str | None]:
+    """Drift of a scored partition against training and the previous partition's stored
+    profile (same model version only), saved as this partition's profile."""
+    previous_key = previous_partition(day, start_date)
+    previous = (
+        load_histograms(profile_path(object_store, pipeline, previous_key), model.version)
+        if previous_key
+        else None
+    )
+    report = drift_report(model, scored, previous)
+    path = profile_path(object_store, pipeline, day.isoformat())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.to_json())
+    return report, previous_key
+
+
+def psi_metadata(report: DriftReport) -> dict[str, float]:
+    """`psi/<feature>` and `psi_vs_previous/<feature>` (the score as `score`), for plots."""
+
+    def name(k: str) -> str:
+        return "score" if k == stats.SCORE_KEY else k
+
+    out = {f"psi/{name(k)}": v for k, v in report.psi_reference.items()}
+    for k, v in (report.psi_previous or {}).items():
+        out[f"psi_vs_previous/{name(k)}"] = v
+    return out

@@ -173,3 +173,8 @@ def profile_export(
         duplicate_ids=row[1],
         null_counts={c: int(nulls[c] or 0) for c in columns},
     )
+
+
+def export_schema(export: FeatureExport, object_store: ObjectStore) -> pa.Schema | None:
+    """The exported Parquet schema; None when the export wrote no file (no rows)."""
+    return read_schema(object_store.open_path(export.files[0].path)) if export.files else None

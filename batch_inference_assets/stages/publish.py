@@ -1,5 +1,6 @@
 """Published predictions: load the scored shards into the warehouse, replacing the partition."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -116,3 +117,21 @@ def publish_partition(
         object_store,
     )
     return staged, gates
+
+
+def cost_metadata(
+    scored: ScoredShards,
+    publish_seconds: float,
+    estimate: Callable[[float, float], float],
+    currency: str,
+) -> dict[str, float]:
+    """Warehouse seconds (export + publish), compute seconds (the shards' sum) and their price."""
+    warehouse_seconds = scored.export_seconds + publish_seconds
+    compute_seconds = sum(s.seconds for s in scored.shards)
+    return {
+        "cost/warehouse_seconds": round(warehouse_seconds, 3),
+        "cost/compute_seconds": round(compute_seconds, 3),
+        f"cost/estimated_{currency.lower()}": round(
+            estimate(warehouse_seconds, compute_seconds), 6
+        ),
+    }

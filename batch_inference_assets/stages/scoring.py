@@ -16,7 +16,14 @@ from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import place_file, temp_file_for
 from batch_inference_assets.models.kinds import Scored, Scorer
 from batch_inference_assets.models.matrix import feature_matrix
-from batch_inference_assets.records import Histogram, ModelHandle, Shard, ShardScore
+from batch_inference_assets.records import (
+    Histogram,
+    ModelHandle,
+    ScoredShards,
+    Shard,
+    ShardManifest,
+    ShardScore,
+)
 from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN
 from batch_inference_assets.stages import stats
 
@@ -156,4 +163,18 @@ def score_shard(
         confidence_sum=acc.confidence_sum,
         score_sum=acc.score_sum,
         histograms=acc.histograms(),
+    )
+
+
+def collect(
+    pipeline: str, manifest: ShardManifest, model: ModelHandle, results: list[ShardScore]
+) -> ScoredShards:
+    """The partition's scored shards in shard order, with what publish and drift need."""
+    return ScoredShards(
+        pipeline=pipeline,
+        partition=manifest.partition,
+        model_version=model.version,
+        source_rows=manifest.rows,
+        shards=sorted(results, key=lambda r: r.index),
+        export_seconds=manifest.export_seconds,
     )

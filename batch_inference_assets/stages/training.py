@@ -18,7 +18,7 @@ from batch_inference_assets.models.lightgbm_model import (
 )
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
-from batch_inference_assets.records import CandidateModel
+from batch_inference_assets.records import CandidateModel, Promotion
 from batch_inference_assets.spec import PipelineSpec, TrainingSpec
 from batch_inference_assets.sql import SqlTemplate
 
@@ -161,3 +161,13 @@ def gate(c: CandidateModel) -> tuple[bool, str]:
     passed = clears and keeps_up
     verdict = "promote" if passed else "reject"
     return passed, f"{verdict} candidate {c.version}: " + "; ".join(reasons)
+
+
+def promote(model_store: ModelStore, model: str, alias: str, version: str) -> Promotion:
+    """Move `alias` to a version that passed the gate, remembering where it pointed."""
+    try:
+        previous: str | None = model_store.resolve(model, alias)
+    except ModelStoreError:
+        previous = None
+    model_store.set_alias(model, alias, version)
+    return Promotion(model=model, alias=alias, version=version, previous=previous)

@@ -15,7 +15,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from batch_inference_assets.factory import training_run_config
+from batch_inference_assets.assets.training import training_run_config
 from dagster_defs.demo.seed import seed
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
 

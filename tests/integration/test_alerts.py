@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from batch_inference_assets import PipelineSpec, build_pipeline
-from batch_inference_assets.alerts import (
+from batch_inference_assets.assets.alerts import (
     Alerter,
     build_check_alert_sensor,
     build_run_failure_alert_sensor,

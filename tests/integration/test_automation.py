@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from batch_inference_assets import PipelineSpec, build_pipeline
-from batch_inference_assets.automation import (
+from batch_inference_assets.assets.automation import (
     build_landing_sensor,
     build_schedule,
     build_training_schedule,

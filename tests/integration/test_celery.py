@@ -17,11 +17,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 
 from dagster_defs.demo.seed import FIRST_DAY, seed
 from dagster_defs.deployments import local_resources
-from tests.conftest import DAY, materialize_cli, read_table, write_test_pipelines
+from tests.conftest import DAY, churn_yaml, materialize_cli, read_table, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +31,10 @@ SHARDS = CUSTOMERS // SHARD_ROWS
 
 
 def pipelines_with_small_shards(folder: Path) -> Path:
-    write_test_pipelines(folder, max_retries=0, delay_seconds=0)
-    path = folder / "churn.yaml"
-    raw = yaml.safe_load(path.read_text())
+    raw = churn_yaml()
     raw["sharding"].update(target_rows=SHARD_ROWS, max_parallel=SHARDS)
-    path.write_text(yaml.safe_dump(raw))
+    raw["retries"] = {"max_retries": 0, "delay_seconds": 0}
+    write_pipeline(folder, raw)
     return folder
 
 

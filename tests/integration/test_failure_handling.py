@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from batch_inference_assets import PipelineSpec, build_pipeline
-from batch_inference_assets.retention import build_retention_job
+from batch_inference_assets.assets.retention import build_retention_job
 from tests.conftest import (
     DAY,
     OTHER_DAYS,

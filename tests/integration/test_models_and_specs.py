@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inference_assets import PipelineSpec, api, build_pipeline, load_spec
-from batch_inference_assets.alerts import Alerter, build_check_alert_sensor
-from batch_inference_assets.factory import training_run_config
+from batch_inference_assets.assets.alerts import Alerter, build_check_alert_sensor
+from batch_inference_assets.assets.training import training_run_config
 from batch_inference_assets.models.lightgbm_model import train_lightgbm
 from batch_inference_assets.models.store import ModelStore
 from batch_inference_assets.spec import parse_spec
@@ -274,7 +274,7 @@ def test_a_predict_fn_with_the_wrong_output_fails_clearly_and_publishes_nothing(
 
 
 def test_the_demand_pipeline_runs_from_its_yaml_alone(resources: dict[str, Any]) -> None:
-    spec = load_spec(PIPELINES_DIR / "demand.yaml")
+    spec = load_spec(PIPELINES_DIR / "demand" / "defs.yaml")
     pipeline = build_pipeline(spec)
     trained = dg.materialize(
         pipeline.training_assets, resources=resources, raise_on_error=False,
@@ -388,7 +388,10 @@ def test_the_notebook_api_scores_like_the_pipeline(
     source = tmp_path / "features.parquet"
     pq.write_table(day_features(resources, DAY), source, row_group_size=1_000)
     out = api.score_parquet(
-        PIPELINES_DIR / "churn.yaml", source, resources["model_store"], output=tmp_path / "s.pq"
+        PIPELINES_DIR / "churn" / "defs.yaml",
+        source,
+        resources["model_store"],
+        output=tmp_path / "s.pq",
     )
     written = pq.read_table(out).sort_by("customer_id")
     np.testing.assert_allclose(

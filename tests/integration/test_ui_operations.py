@@ -196,7 +196,7 @@ def _alone(seeded_template: Path, tmp_path: Path, days: list[str]) -> dict[str, 
     root = tmp_path / "alone"
     shutil.copytree(seeded_template, root)
     resources = local_resources(root)
-    spec = load_spec(PIPELINES_DIR / "churn.yaml")
+    spec = load_spec(PIPELINES_DIR / "churn" / "defs.yaml")
     spec = spec.model_copy(
         update={"sharding": spec.sharding.model_copy(update={"target_rows": 2_000})}
     )

@@ -11,10 +11,11 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_celery import celery_executor
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
+from dagster_k8s.job import get_user_defined_k8s_config
 from dagster_postgres import DagsterPostgresStorage
 
 from batch_inference_assets import PipelineSpec, load_specs
-from batch_inference_assets.factory import score_op_name
+from batch_inference_assets.assets.shards import score_op_name
 from batch_inference_assets.spec import SpecError, parse_spec
 from dagster_defs.definitions import PIPELINES_DIR, build_definitions
 from dagster_defs.deployments import local_resources
@@ -49,27 +50,28 @@ def specs() -> list[PipelineSpec]:
     return load_specs(PIPELINES_DIR)
 
 
-def test_the_k8s_executor_config_requests_each_pipelines_shard_resources(
+def test_each_shard_step_asks_its_pod_for_the_spec_resources(
     specs: list[PipelineSpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BATCH_INFERENCE_EXECUTOR", "k8s")
     monkeypatch.setenv("BATCH_INFERENCE_K8S_NAMESPACE", "batch-inference")
     monkeypatch.setenv("BATCH_INFERENCE_K8S_MAX_PODS", "16")
-    config = valid(k8s_job_executor.config_schema.config_type, k8s_config(specs))
+    config = valid(k8s_job_executor.config_schema.config_type, k8s_config())
     assert config["job_namespace"] == "batch-inference"
     assert config["max_concurrent"] == 16
-    churn = next(s for s in specs if s.name == "churn")
-    pod = config["per_step_k8s_config"][score_op_name("churn")]
-    need = churn.sharding.step_resources
-    assert pod["container_config"]["resources"] == {
-        "requests": {"cpu": need.cpu, "memory": need.memory},
-        "limits": {"memory": need.memory},
-    }
-    # The op it is keyed by is the one the job really runs, and the job carries this executor.
-    defs = build_definitions(local_resources(Path("/nonexistent")), executor=chosen_executor(specs))
-    job = defs.resolve_job_def("churn_daily")
-    assert score_op_name("churn") in {op.name for op in job.graph.iterate_op_defs()}
-    assert job.executor_def.name == "k8s"
+    defs = build_definitions(local_resources(Path("/nonexistent")), executor=chosen_executor())
+    for spec in specs:
+        job = defs.resolve_job_def(f"{spec.name}_daily")
+        assert job.executor_def.name == "k8s"
+        ops = {op.name: op for op in job.graph.iterate_op_defs()}
+        # The pod size rides on the op that the job really runs, as dagster-k8s reads it.
+        pod = get_user_defined_k8s_config(ops[score_op_name(spec.name)].tags)
+        need = spec.sharding.step_resources
+        assert pod.container_config["resources"] == {
+            "requests": {"cpu": need.cpu, "memory": need.memory},
+            "limits": {"memory": need.memory},
+        }
+        assert not any("dagster-k8s/config" in op.tags for n, op in ops.items() if "score" not in n)
 
 
 def test_shard_step_resources_must_be_kubernetes_quantities() -> None:
@@ -103,12 +105,10 @@ def test_celery_needs_exactly_one_broker(monkeypatch: pytest.MonkeyPatch, tmp_pa
         celery_config()
 
 
-def test_an_unknown_executor_is_refused(
-    specs: list[PipelineSpec], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_unknown_executor_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCH_INFERENCE_EXECUTOR", "dask")
     with pytest.raises(ValueError, match="must be one of"):
-        chosen_executor(specs)
+        chosen_executor()
 
 
 def test_the_production_instance_yaml_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-import yaml
 
 from batch_inference_assets.contracts import Column, Contract
 from batch_inference_assets.io.object_store import LocalObjectStore
@@ -20,7 +19,7 @@ from batch_inference_assets.models.store import ModelStore, ModelStoreError
 from batch_inference_assets.records import CandidateModel, FeatureInfo, ModelHandle
 from batch_inference_assets.spec import SpecError, parse_spec
 from batch_inference_assets.stages.training import gate
-from dagster_defs.definitions import PIPELINES_DIR
+from tests.conftest import churn_yaml
 
 
 def _table(n: int, seed: int) -> pa.Table:
@@ -187,7 +186,7 @@ def test_promotion_gate_threshold_and_tolerance() -> None:
 
 @pytest.fixture
 def raw_churn() -> dict[str, Any]:
-    raw: dict[str, Any] = yaml.safe_load((PIPELINES_DIR / "churn.yaml").read_text())
+    raw = churn_yaml()
     raw["features"]["sql"] = "SELECT * FROM {schema}.t WHERE snapshot_date = :partition_date"
     del raw["features"]["sql_file"]
     raw.pop("training")

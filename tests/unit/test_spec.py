@@ -22,13 +22,13 @@ def raw_churn() -> dict:
 
 
 def test_the_demo_pipelines_load() -> None:
-    specs = load_specs(PIPELINES_DIR)
-    assert [(s.name, s.model.kind) for s in specs] == [
-        ("churn", "lightgbm_binary"), ("demand", "lightgbm_regression"),
-    ]  # fmt: skip
-    assert specs[1].features.id_columns == ["store_id", "item_id"]
-    assert specs[1].training is not None and ":window_start" in specs[1].training.sql
-    spec = specs[0]
+    specs = {s.name: s for s in load_specs(PIPELINES_DIR)}
+    assert specs["churn"].model.kind == "lightgbm_binary"
+    assert specs["demand"].model.kind == "lightgbm_regression"
+    assert specs["demand"].features.id_columns == ["store_id", "item_id"]
+    training = specs["demand"].training
+    assert training is not None and ":window_start" in training.sql and not training.sql_file
+    spec = specs["churn"]
     assert spec.features.id_columns == ["customer_id"]
     assert ":partition_date" in spec.features.sql
     assert spec.output_contract.names[:3] == ["customer_id", "score", "label"]

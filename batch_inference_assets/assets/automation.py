@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from batch_inference_assets.factory import Pipeline, training_run_config
+from batch_inference_assets.assets.pipeline import Pipeline
+from batch_inference_assets.assets.training import training_run_config
 from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.sql import SqlTemplate
 

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from batch_inference_assets.factory import Pipeline
+from batch_inference_assets.assets.pipeline import Pipeline
 
 logger = logging.getLogger("batch_inference.alerts")
 

@@ -1,50 +1,99 @@
-"""The asset checks, by stage: their names (the passing state), specs and evaluation."""
+"""The asset checks: one registry of names (the passing state), blocking flags and the
+descriptions the UI shows; their specs per asset, and their evaluation into results."""
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
 
 from batch_inference_assets.records import FeatureExport, ModelHandle, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
-from batch_inference_assets.stages import stats
+from batch_inference_assets.stages import publish, stats
 from batch_inference_assets.stages.features import FeatureProfile
-from batch_inference_assets.stages.publish import GateResult, blocking_checks
+from batch_inference_assets.stages.publish import GateResult
 
 # source_features
 PARTITION_IS_NOT_EMPTY = "partition_is_not_empty"
-IDS_ARE_UNIQUE = "ids_are_unique"
+IDS_ARE_UNIQUE = publish.IDS_ARE_UNIQUE
 FEATURES_MATCH_MODEL = "features_match_model_contract"
 NULL_RATES_BELOW_THRESHOLD = "null_rates_below_threshold"
 ROW_COUNT_WITHIN_LIMIT = "row_count_within_limit"
-SOURCE_BLOCKING_CHECKS = (
+# predictions: the blocking gates of the transaction (stages/publish.py), then warn-only bounds
+POSITIVE_RATE_WITHIN_BOUNDS = "positive_rate_within_bounds"
+MEAN_CONFIDENCE_WITHIN_BOUNDS = "mean_confidence_within_bounds"
+MEAN_SCORE_WITHIN_BOUNDS = "mean_score_within_bounds"
+# drift_stats
+SCORE_DRIFT_BELOW_THRESHOLD = "score_drift_below_threshold"
+FEATURE_DRIFT_BELOW_THRESHOLD = "feature_drift_below_threshold"
+# training
+PROMOTION_GATE = "promotion_gate"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One asset check: its name says the passing state; a blocking one stops what follows."""
+
+    name: str
+    blocking: bool
+    description: str
+
+
+REGISTRY: dict[str, Check] = {
+    c.name: c
+    for c in (
+        Check(PARTITION_IS_NOT_EMPTY, True, "The partition has source rows; an empty day "
+              "usually means late upstream data, so it fails rather than publish nothing."),
+        Check(FEATURES_MATCH_MODEL, True, "The exported columns and types are the model's "
+              "features (and the id columns), as the model's metadata declares them."),
+        Check(IDS_ARE_UNIQUE, True, "No id occurs twice in the partition."),
+        Check(ROW_COUNT_WITHIN_LIMIT, True, "The partition has at most limits.max_rows rows."),
+        Check(NULL_RATES_BELOW_THRESHOLD, False, "Each feature's null rate is under "
+              "checks.max_null_rate (or its override)."),
+        Check(publish.ROW_COUNT_MATCHES_SOURCE, True, "The staged rows are exactly the source "
+              "rows of this partition; gates the publishing transaction."),
+        Check(publish.SCORES_ARE_NOT_NULL, True, "No staged score is null; gates the "
+              "publishing transaction."),
+        Check(publish.SCORES_IN_UNIT_INTERVAL, True, "Every staged score of a classifier lies "
+              "in [0, 1]; gates the publishing transaction."),
+        Check(POSITIVE_RATE_WITHIN_BOUNDS, False, "The share of label 1 is within "
+              "checks.positive_rate."),
+        Check(MEAN_CONFIDENCE_WITHIN_BOUNDS, False, "The mean probability of the predicted "
+              "class is within checks.mean_confidence."),
+        Check(MEAN_SCORE_WITHIN_BOUNDS, False, "The partition's mean score is within "
+              "checks.mean_score."),
+        Check(SCORE_DRIFT_BELOW_THRESHOLD, False, "PSI of the score vs the training "
+              "distribution is under checks.psi_warn (ERROR severity from psi_error)."),
+        Check(FEATURE_DRIFT_BELOW_THRESHOLD, False, "The largest feature PSI vs training is "
+              "under checks.psi_warn (ERROR severity from psi_error)."),
+        Check(PROMOTION_GATE, True, "The candidate's holdout metric clears the threshold and is "
+              "not worse than the champion's on the same holdout by more than the tolerance."),
+    )
+}  # fmt: skip
+
+SOURCE_CHECKS = (
     PARTITION_IS_NOT_EMPTY,
     FEATURES_MATCH_MODEL,
     IDS_ARE_UNIQUE,
     ROW_COUNT_WITHIN_LIMIT,
+    NULL_RATES_BELOW_THRESHOLD,
 )
-
-# predictions (the blocking ones gate the transaction, see publish.py)
-POSITIVE_RATE_WITHIN_BOUNDS = "positive_rate_within_bounds"
-MEAN_CONFIDENCE_WITHIN_BOUNDS = "mean_confidence_within_bounds"
-MEAN_SCORE_WITHIN_BOUNDS = "mean_score_within_bounds"
-
-# drift_stats
-SCORE_DRIFT_BELOW_THRESHOLD = "score_drift_below_threshold"
-FEATURE_DRIFT_BELOW_THRESHOLD = "feature_drift_below_threshold"
+DRIFT_CHECKS = (SCORE_DRIFT_BELOW_THRESHOLD, FEATURE_DRIFT_BELOW_THRESHOLD)
 
 
-def _specs(
-    key: dg.AssetKey, blocking: Sequence[str], other: Sequence[str]
-) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(n, asset=key, blocking=True) for n in blocking] + [
-        dg.AssetCheckSpec(n, asset=key) for n in other
+def specs(key: dg.AssetKey, names: Sequence[str]) -> list[dg.AssetCheckSpec]:
+    """The registry's checks as specs on one asset: the UI shows each description."""
+    return [
+        dg.AssetCheckSpec(
+            n, asset=key, blocking=REGISTRY[n].blocking, description=REGISTRY[n].description
+        )
+        for n in names
     ]
 
 
-def source_feature_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    return _specs(key, SOURCE_BLOCKING_CHECKS, [NULL_RATES_BELOW_THRESHOLD])
+def blocking(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n for n in names if REGISTRY[n].blocking)
 
 
 def prediction_bound_checks(spec: PipelineSpec) -> list[str]:
@@ -59,12 +108,8 @@ def prediction_bound_checks(spec: PipelineSpec) -> list[str]:
     return names
 
 
-def prediction_specs(key: dg.AssetKey, spec: PipelineSpec) -> list[dg.AssetCheckSpec]:
-    return _specs(key, blocking_checks(spec.model.is_classifier), prediction_bound_checks(spec))
-
-
-def drift_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    return _specs(key, [], [SCORE_DRIFT_BELOW_THRESHOLD, FEATURE_DRIFT_BELOW_THRESHOLD])
+def prediction_checks(spec: PipelineSpec) -> list[str]:
+    return [*publish.blocking_checks(spec.model.is_classifier), *prediction_bound_checks(spec)]
 
 
 def contract_problems(spec: PipelineSpec, model: ModelHandle, schema: pa.Schema) -> list[str]:

@@ -1,0 +1,82 @@
+"""`<p>/predictions`: the partition published in one gated transaction; its checks."""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from batch_inference_assets import progress
+from batch_inference_assets.assets import checks
+from batch_inference_assets.assets.common import (
+    PREDICTIONS_IO_MANAGER,
+    WAREHOUSE_POOL,
+    daily,
+    day,
+    fail,
+    key,
+)
+from batch_inference_assets.io.object_store import ObjectStore
+from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
+from batch_inference_assets.records import PublishedPartition, ScoredShards
+from batch_inference_assets.spec import PipelineSpec
+from batch_inference_assets.stages import publish
+
+
+def predictions_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
+    table = spec.output.table
+
+    @dg.asset(
+        key=key(spec, "predictions"),
+        ins={"scored": dg.AssetIn(key(spec, "scored_shards"))},
+        check_specs=checks.specs(key(spec, "predictions"), checks.prediction_checks(spec)),
+        description=f"Predictions published to {table}, one partition replaced atomically. "
+        "An asset that takes it as an input receives the partition's rows as a DataFrame.",
+        metadata={"dagster/table_name": table},
+        kinds={"table"},
+        pool=WAREHOUSE_POOL,
+        # io_manager_key=PREDICTIONS_IO_MANAGER,  (wired once the IO manager lands)
+        **daily(spec),
+    )
+    def predictions(
+        context: dg.AssetExecutionContext,
+        warehouse: Warehouse,
+        object_store: ObjectStore,
+        cost_model: progress.CostModel,
+        scored: ScoredShards,
+    ) -> Iterator[Any]:
+        started = time.perf_counter()
+        try:
+            staged, gates = publish.publish_partition(
+                spec, warehouse, object_store, scored, day(context), context.run_id
+            )
+        except publish.PublicationRejected as rejected:
+            yield from checks.gate_results(rejected.gates)
+            raise fail(spec, context, "predictions", f"nothing published: {rejected}") from rejected
+        except WarehouseError as err:
+            raise fail(spec, context, "predictions", f"nothing published: {err}") from err
+        cost = publish.cost_metadata(
+            scored, time.perf_counter() - started, cost_model.estimate, cost_model.currency
+        )
+        published = PublishedPartition(
+            pipeline=spec.name,
+            partition=context.partition_key,
+            table=table,
+            rows=staged.rows,
+            mode=spec.output.mode,
+        )
+        yield dg.Output(
+            published,
+            metadata={
+                "dagster/row_count": staged.rows,
+                "dagster/table_name": table,
+                "dagster/column_schema": spec.output_contract.table_schema(),
+                "mode": spec.output.mode,
+                "model_version": scored.model_version,
+                **cost,
+            },
+        )
+        yield from checks.gate_results(gates)
+        yield from checks.evaluate_prediction_bounds(spec, scored)
+
+    return predictions
