@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from batch_inference_assets.assets.checks import contract_problems
 from batch_inference_assets.assets.pipeline import build_pipeline
 from batch_inference_assets.models import kinds
+from batch_inference_assets.models.frames import FrameColumns, FrameError
 from batch_inference_assets.models.matrix import feature_matrix
 from batch_inference_assets.models.store import ModelStore
 from batch_inference_assets.records import ModelHandle
@@ -52,6 +53,8 @@ class Scoring:
         self.scorer = kinds.Scorer(
             self.model, predictor, spec.output_contract, spec.model_output_columns
         )
+        returned = [*spec.features.id_columns, *spec.model_output_columns, "model_version"]
+        self.result = FrameColumns([spec.output_contract[c] for c in returned])
 
     def check(self, schema: pa.Schema) -> None:
         problems = contract_problems(self.spec, self.model, schema)
@@ -74,6 +77,19 @@ class Scoring:
         ]
         return pa.table({c: columns[c] for c in order})
 
+    def to_frame(self, scored: list[pa.Table]) -> pd.DataFrame:
+        """The scored batches as one DataFrame, its columns checked against the output contract
+        with dagster-pandas (an id column with nulls, say, where the table declares none)."""
+        frame = pa.concat_tables(scored).to_pandas()
+        try:
+            self.result.validate(frame)
+        except FrameError as err:
+            raise ValueError(
+                f"pipeline {self.spec.name!r}, model {self.model.name}@{self.model.version}, "
+                f"scored frame: {err}"
+            ) from err
+        return frame
+
 
 def _batches(table: pa.Table) -> Iterator[pa.RecordBatch]:
     yield from table.to_batches(max_chunksize=BATCH_ROWS)
@@ -94,7 +110,7 @@ def score_frame(
     scoring.check(table.schema)
     if table.num_rows == 0:
         raise ValueError(f"pipeline {scoring.spec.name!r}: no rows to score")
-    return pa.concat_tables([scoring.score_batch(b) for b in _batches(table)]).to_pandas()
+    return scoring.to_frame([scoring.score_batch(b) for b in _batches(table)])
 
 
 def score_parquet(
@@ -110,9 +126,9 @@ def score_parquet(
     source = pq.ParquetFile(str(path))
     scoring.check(source.schema_arrow)
     if output is None:
-        return pa.concat_tables(
+        return scoring.to_frame(
             [scoring.score_batch(b) for b in source.iter_batches(batch_size=BATCH_ROWS)]
-        ).to_pandas()
+        )
     writer: pq.ParquetWriter | None = None
     try:
         for batch in source.iter_batches(batch_size=BATCH_ROWS):

@@ -25,3 +25,31 @@ def text_score(df: pd.DataFrame) -> pd.DataFrame:
 
 def one_row_short(df: pd.DataFrame) -> pd.DataFrame:
     return churn_rule(df).iloc[1:]
+
+
+def null_segment(df: pd.DataFrame) -> pd.DataFrame:
+    out = churn_rule(df)
+    out.loc[out.index[0], "segment"] = None
+    return out
+
+
+def numeric_segment(df: pd.DataFrame) -> pd.DataFrame:
+    out = churn_rule(df)
+    out["segment"] = (out["score"] >= 0.5).astype("int64")
+    return out
+
+
+def boolean_score(df: pd.DataFrame) -> pd.DataFrame:
+    out = churn_rule(df)
+    out["score"] = out["score"] >= 0.5
+    return out
+
+
+def repeated_score(df: pd.DataFrame) -> pd.DataFrame:
+    out = churn_rule(df)
+    return pd.concat([out, out[["score"]]], axis=1)
+
+
+def object_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Right values in object columns, as frames built from Python lists often have them."""
+    return churn_rule(df).astype(object)

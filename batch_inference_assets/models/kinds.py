@@ -6,21 +6,30 @@ lightgbm_multiclass  prob_<class> (float64) per declared class; label (string) =
 lightgbm_regression  score = the prediction
 python               a registered `predict_fn(pandas.DataFrame) -> pandas.DataFrame` returns
                      every declared model-output column (score included), checked batch by batch
+                     with dagster-pandas (models/frames.py)
 """
 
 import hashlib
 import importlib
 import inspect
 import json
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from dagster_pandas import RowCountConstraint, StrictColumnsWithMetadata
+from dagster_pandas.constraints import (
+    DataFrameConstraintViolationException,
+    DataFrameWithMetadataException,
+)
 
-from batch_inference_assets.contracts import Contract
+from batch_inference_assets.contracts import Column, Contract
+from batch_inference_assets.models.frames import FrameColumns, FrameError
 from batch_inference_assets.models.lightgbm_model import LightGBMPredictor
 from batch_inference_assets.records import ModelHandle
 from batch_inference_assets.spec import LABEL_COLUMN as LABEL
@@ -117,12 +126,14 @@ class Scorer:
         self.model = model
         self.predictor = predictor
         self.produced = produced  # what this model must produce besides the system columns
-        self.schema = output.arrow_schema()
+        self.python_output = (
+            PredictFnOutput([output[c] for c in produced]) if model.kind == "python" else None
+        )
 
     def score(self, batch: pa.RecordBatch, x: np.ndarray) -> Scored:
         kind = self.model.kind
-        if kind == "python":
-            return self._python(batch)
+        if self.python_output is not None:
+            return self._python(batch, self.python_output)
         raw = np.asarray(self.predictor.predict(x), dtype=np.float64)
         cols: dict[str, pa.Array] = {}
         if kind == "lightgbm_multiclass":
@@ -138,66 +149,61 @@ class Scorer:
             cols[LABEL] = pa.array((raw >= self.model.label_threshold).astype(np.int64))
         return Scored(raw, cols)
 
-    def _python(self, batch: pa.RecordBatch) -> Scored:
+    def _python(self, batch: pa.RecordBatch, output: "PredictFnOutput") -> Scored:
         frame = batch.select([f.name for f in self.model.features]).to_pandas()
         where = f"predict_fn {self.predictor.path}"
         try:
             out = self.predictor.predict_frame(frame)
         except Exception as err:  # the user's code: the same input fails the same way again
             raise ModelOutputError(f"{where} raised {type(err).__name__}: {err}") from err
-        if not isinstance(out, pd.DataFrame):
-            raise ModelOutputError(f"{where} returned {type(out).__name__}, not a DataFrame")
-        if len(out) != batch.num_rows:
-            raise ModelOutputError(
-                f"{where} returned {len(out)} rows for {batch.num_rows} input rows"
-            )
-        missing = [c for c in self.produced if c not in out.columns]
-        extra = [c for c in out.columns if c not in self.produced]
-        if missing or extra:
-            raise ModelOutputError(
-                f"{where} must return exactly the declared output columns {self.produced}; "
-                + "; ".join(
-                    p
-                    for p in (
-                        f"missing {missing}" if missing else "",
-                        f"undeclared {extra}" if extra else "",
-                    )
-                    if p
-                )
-            )
-        cols: dict[str, pa.Array] = {}
-        for name in self.produced:
-            field = self.schema.field(name)
-            series = out[name]
-            try:
-                arr = pa.array(series.to_numpy(), from_pandas=True)
-                if not _compatible(arr.type, field.type):
-                    raise TypeError(f"{arr.type}")
-                cols[name] = arr.cast(field.type, safe=True)
-            except (TypeError, pa.ArrowException) as err:
-                raise ModelOutputError(
-                    f"{where}: column {name!r} is {series.dtype}, declared {field.type} ({err})"
-                ) from err
-            if not field.nullable and cols[name].null_count:
-                raise ModelOutputError(f"{where}: column {name!r} has nulls, declared not null")
+        cols = output.arrays(out, batch.num_rows, where)
         score = cols.pop(SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
         return Scored(score, cols)
 
 
-def _compatible(actual: pa.DataType, declared: pa.DataType) -> bool:
-    """No silent reinterpretation: numbers stay numbers, strings stay strings."""
-    if pa.types.is_null(actual):
-        return True
-    numeric = pa.types.is_integer(actual) or pa.types.is_floating(actual)
-    if pa.types.is_floating(declared):
-        return numeric
-    if pa.types.is_integer(declared):
-        return pa.types.is_integer(actual) or pa.types.is_boolean(actual)
-    if pa.types.is_string(declared):
-        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
-    if pa.types.is_boolean(declared):
-        return pa.types.is_boolean(actual)
-    return actual == declared or pa.types.is_timestamp(actual) or pa.types.is_date(actual)
+class PredictFnOutput:
+    """What a predict_fn must return for a batch, checked with dagster-pandas: a DataFrame with
+    one row per input row and the declared columns, each of its declared type and non-null if
+    declared so. `exact`: those columns and no others (scoring); registration needs the score."""
+
+    def __init__(self, columns: Sequence[Column], exact: bool = True) -> None:
+        self.names = [c.name for c in columns]
+        self.columns = FrameColumns(columns)
+        with warnings.catch_warnings(action="ignore", category=dg.BetaWarning):
+            self.exact = StrictColumnsWithMetadata(self.names) if exact else None
+
+    def arrays(self, out: object, rows: int, where: str) -> dict[str, pa.Array]:
+        """`out`'s declared columns as Arrow arrays of the declared types, or ModelOutputError
+        with `where` (the function's name) and what is wrong."""
+        if not isinstance(out, pd.DataFrame):
+            raise ModelOutputError(f"{where} returned {type(out).__name__}, not a DataFrame")
+        try:
+            with warnings.catch_warnings(action="ignore", category=dg.BetaWarning):
+                RowCountConstraint(rows).validate(out)
+        except DataFrameConstraintViolationException as err:
+            raise ModelOutputError(
+                f"{where} returned {len(out)} rows for {rows} input rows"
+            ) from err
+        if not out.columns.is_unique:  # dagster-pandas compares column sets, blind to repeats
+            repeated = sorted(set(out.columns[out.columns.duplicated()]))
+            raise ModelOutputError(f"{where} returned the columns {repeated} more than once")
+        if self.exact is not None:
+            try:
+                self.exact.validate(out)
+            except DataFrameWithMetadataException as err:
+                found = err.actual if isinstance(err.actual, dict) else {}
+                missing = [c for c in self.names if c in found.get("missing_columns", [])]
+                extra = found.get("extra_columns", [])
+                said = [f"missing {missing}"] if missing else []
+                said += [f"undeclared {extra}"] if extra else []
+                raise ModelOutputError(
+                    f"{where} must return exactly the declared output columns {self.names}; "
+                    + "; ".join(said)
+                ) from err
+        try:
+            return self.columns.arrays(out)
+        except FrameError as err:
+            raise ModelOutputError(f"{where}: {err}") from err
 
 
 def fit_problems(model: ModelHandle, kind: str, produced: list[str]) -> list[str]:

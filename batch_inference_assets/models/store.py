@@ -11,6 +11,7 @@ import pyarrow as pa
 from pydantic import Field
 from upath import UPath
 
+from batch_inference_assets.contracts import Column
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.models import kinds
 from batch_inference_assets.models.lightgbm_model import (
@@ -101,12 +102,16 @@ class ModelStore(dg.ConfigurableResource):
             raise ModelStoreError(
                 f"predict_fn {predict_fn} raised {type(err).__name__}: {err} on the sample"
             ) from err
-        if kinds.SCORE not in getattr(out, "columns", []) or len(out) != sample.num_rows:
+        # The score is all a registration needs; scoring checks every declared column.
+        needs = kinds.PredictFnOutput([Column(kinds.SCORE, "float64")], exact=False)
+        try:
+            score = needs.arrays(out, sample.num_rows, f"predict_fn {predict_fn}")[kinds.SCORE]
+        except kinds.ModelOutputError as err:
             raise ModelStoreError(
-                f"predict_fn {predict_fn} must return a DataFrame with a {kinds.SCORE!r} column "
+                f"{err} on the sample; it must return a DataFrame with a {kinds.SCORE!r} column "
                 f"and one row per input row"
-            )
-        scores = out[kinds.SCORE].to_numpy(dtype="float64")
+            ) from err
+        scores = score.to_numpy(zero_copy_only=False).astype("float64")
         reference = drift_reference(feature_matrix(sample, features), features, scores)
         trained = TrainedModel(text, features, reference, {}, kind="python")
         return self.save(

@@ -400,3 +400,17 @@ def test_the_notebook_api_scores_like_the_pipeline(
 
     with pytest.raises(ValueError, match=r"pipeline 'churn'.*missing column 'tenure'"):
         api.score_frame(churn_spec, frame.drop(columns=["tenure"]), resources["model_store"])
+
+    # The result is checked against the output contract with dagster-pandas: customer_id is
+    # declared not null, so rows without one cannot come back looking scored.
+    no_id = frame.astype({"customer_id": "float64"})
+    no_id.loc[no_id.index[0], "customer_id"] = None
+    with pytest.raises(
+        ValueError,
+        match=r"pipeline 'churn', model churn@\w+, scored frame: column 'customer_id' has nulls, "
+        r"declared not null",
+    ):
+        api.score_frame(churn_spec, no_id, resources["model_store"])
+    text_id = frame.astype({"customer_id": "str"})
+    with pytest.raises(ValueError, match=r"column 'customer_id' is object, declared int64"):
+        api.score_frame(churn_spec, text_id, resources["model_store"])

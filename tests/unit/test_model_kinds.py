@@ -126,6 +126,8 @@ def test_python_registration_refuses_bad_paths_and_outputs(tmp_path: Path) -> No
     features = ["contract", "num_support_tickets"]
     with pytest.raises(ModelStoreError, match="one row per input row"):
         store.register_python("rule", "tests.predict_fns:one_row_short", _churn_like(), features)
+    with pytest.raises(ModelStoreError, match=r"column 'score' is object, declared double"):
+        store.register_python("rule", "tests.predict_fns:text_score", _churn_like(), features)
     with pytest.raises(ModelStoreError, match=r"raised KeyError.*'contract'"):
         store.register_python("rule", "tests.predict_fns:churn_rule", _churn_like(), ["x"])
 
@@ -143,21 +145,40 @@ def _churn_like() -> pa.Table:
         ("undeclared_column", r"exactly the declared output columns .*undeclared \['extra'\]"),
         ("text_score", r"column 'score' is object, declared double"),
         ("one_row_short", r"returned 2 rows for 3 input rows"),
+        # What dagster-pandas's column constraints catch: nulls where the contract has none,
+        # numbers where it wants strings, booleans where it wants numbers.
+        ("null_segment", r"column 'segment' has nulls, declared not null"),
+        ("numeric_segment", r"column 'segment' is int64, declared string"),
+        ("boolean_score", r"column 'score' is bool, declared double"),
+        ("repeated_score", r"returned the columns \['score'\] more than once"),
     ],
 )
-def test_predict_fn_output_is_validated(tmp_path: Path, fn: str, message: str) -> None:
+def test_predict_fn_output_is_validated(fn: str, message: str) -> None:
+    with pytest.raises(kinds.ModelOutputError, match=message) as raised:
+        _python_scorer(fn).score(_churn_like().to_batches()[0], np.zeros((3, 2)))
+    assert str(raised.value).startswith(f"predict_fn tests.predict_fns:{fn}")
+
+
+def test_predict_fn_output_in_object_columns_is_accepted() -> None:
+    from tests.predict_fns import churn_rule
+
+    batch = _churn_like().to_batches()[0]
+    scored = _python_scorer("object_columns").score(batch, np.zeros((3, 2)))
+    expected = churn_rule(batch.to_pandas())
+    np.testing.assert_allclose(scored.score, expected["score"].to_numpy())
+    assert scored.columns["segment"].type == pa.string()
+    assert scored.columns["segment"].to_pylist() == expected["segment"].tolist()
+
+
+def _python_scorer(fn: str) -> kinds.Scorer:
     predictor = kinds.PythonPredictor(kinds.python_model_text(f"tests.predict_fns:{fn}"))
-    sample = _churn_like()
     features = [
         FeatureInfo(name="contract", type="string"),
         FeatureInfo(name="num_support_tickets", type="float64"),
     ]
     handle = _handle(SimpleNamespace(features=features, reference={}, classes=[]), "python")
-    output = Contract.of([Column("score", "float64", False), Column("segment", "string")])
-    scorer = kinds.Scorer(handle, predictor, output, ["score", "segment"])
-    batch = sample.to_batches()[0]
-    with pytest.raises(kinds.ModelOutputError, match=message):
-        scorer.score(batch, np.zeros((3, 2)))
+    output = Contract.of([Column("score", "float64", False), Column("segment", "string", False)])
+    return kinds.Scorer(handle, predictor, output, ["score", "segment"])
 
 
 def _candidate(**kw: Any) -> CandidateModel:
