@@ -64,10 +64,15 @@ def celery_config() -> dict[str, Any]:
 
 
 def filesystem_broker(folder: Path) -> dict[str, Any]:
-    """Celery's `filesystem://` broker and `file://` backend: real workers, no service."""
+    """Celery's `filesystem://` broker and `file://` backend: real workers, no service.
+
+    Everything the broker writes stays under `folder`: without `control_folder`, kombu keeps its
+    exchange bindings in `./control` of whichever process declares a queue (the run and every
+    worker), i.e. in the repository or wherever they were started."""
     folder = folder.resolve()
     queue, processed, results = folder / "queue", folder / "processed", folder / "results"
-    for d in (queue, processed, results):
+    control = folder / "control"
+    for d in (queue, processed, results, control):
         d.mkdir(parents=True, exist_ok=True)
     return {
         "broker": "filesystem://",
@@ -77,6 +82,7 @@ def filesystem_broker(folder: Path) -> dict[str, Any]:
                 "data_folder_in": str(queue),
                 "data_folder_out": str(queue),
                 "data_folder_processed": str(processed),
+                "control_folder": str(control),
             }
         },
     }

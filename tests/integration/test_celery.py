@@ -64,7 +64,15 @@ def celery_env(
 
 
 @pytest.fixture
-def workers(celery_env: dict[str, str], tmp_path: Path) -> Iterator[list[Path]]:
+def worker_cwd(tmp_path: Path) -> Path:
+    """Where the workers are started: nothing of the broker's may land here."""
+    folder = tmp_path / "worker_cwd"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def workers(celery_env: dict[str, str], tmp_path: Path, worker_cwd: Path) -> Iterator[list[Path]]:
     logs, procs = [], []
     for i in range(2):
         log = tmp_path / f"worker{i}.log"
@@ -73,7 +81,7 @@ def workers(celery_env: dict[str, str], tmp_path: Path) -> Iterator[list[Path]]:
                 [sys.executable, "-m", "dagster_defs.celery_worker",
                  "--concurrency", "1", "--name", f"worker{i}@test"],
                 env={**os.environ, **celery_env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, cwd=worker_cwd,
             )
         )  # fmt: skip
         logs.append(log)
@@ -113,11 +121,24 @@ def step_workers(home: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def test_celery_workers_score_a_partition_like_the_multiprocess_executor(
-    celery_env: dict[str, str], workers: list[Path], large_template: Path, tmp_path: Path
+    celery_env: dict[str, str],
+    workers: list[Path],
+    worker_cwd: Path,
+    large_template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    run_cwd = tmp_path / "run_cwd"
+    run_cwd.mkdir()
+    monkeypatch.chdir(run_cwd)  # the CLI below starts here
     home = Path(celery_env["DAGSTER_HOME"])
     done = materialize_cli("group:churn", DAY, home, celery_env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # kombu's filesystem transport keeps its exchange bindings under the broker folder, not in
+    # ./control of the run or of a worker (the repository, when started from it).
+    control = Path(celery_env["BATCH_INFERENCE_CELERY_DIR"]) / "control"
+    assert any(control.iterdir()), "kombu wrote no exchange bindings under the broker folder"
+    assert not (run_cwd / "control").exists() and not (worker_cwd / "control").exists()
     ran_on = step_workers(home, celery_env)
     shard_steps = {k: w for k, w in ran_on.items() if "score_shard[" in k}
     assert len(shard_steps) == SHARDS
