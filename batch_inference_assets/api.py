@@ -3,7 +3,7 @@
     from batch_inference_assets import api
     from dagster_defs.deployments import local_resources
 
-    spec = api.load_pipeline("dagster_defs/pipelines/churn.yaml")
+    spec = api.load_pipeline("dagster_defs/defs/pipelines/churn/defs.yaml")
     store = local_resources(Path(".data"))["model_store"]
     scored = api.score_frame(spec, frame, store)             # a pandas DataFrame in, one out
     api.score_parquet(spec, "features.parquet", store, output="scores.parquet")
