@@ -20,6 +20,7 @@ from batch_inference_assets.io.parquet_files import is_local, place_file
 from batch_inference_assets.io.warehouse import (
     PublishRequest,
     QueryTag,
+    StagedPublication,
     StagedStats,
     Warehouse,
     WarehouseError,
@@ -120,11 +121,11 @@ class DuckDBWarehouse(Warehouse):
         ).fetchall()
         return [r[0] for r in rows] or None
 
-    def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:
+    @contextlib.contextmanager
+    def stage_publication(
+        self, request: PublishRequest, object_store: ObjectStore
+    ) -> Iterator[StagedPublication]:
         table = f"{self.output_schema}.{request.table}"
-        qtable = quote_identifier(table)
-        cols = request.column_list("duckdb")
-        part = quote_identifier(request.partition_column)
         stage = f"stage_{uuid.uuid4().hex[:12]}"
         with self.connect() as con:
             if not object_store.is_local:
@@ -136,29 +137,29 @@ class DuckDBWarehouse(Warehouse):
                     f"table {table} exists with columns {existing}, but the spec declares "
                     f"{request.contract.names}; migrate or rename the table"
                 )
+            # One transaction from the table's creation to the swap: a rollback undoes it all.
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(request.contract.create_table_sql(table, "duckdb"))
-                # A view over the scored files: checked, then inserted, without a staging copy.
+                # A view over the scored files: checked, then inserted, without a copy.
                 con.read_parquet(list(request.files)).create_view(stage)
                 row = con.execute(
                     request.staged_stats_sql(stage, "duckdb"), [request.partition_value]
                 ).fetchone()
                 assert row is not None
-                stats = StagedStats(*row)
-                request.validate(stats)
-                if request.mode == "replace_partition":
-                    con.execute(f"DELETE FROM {qtable} WHERE {part} = ?", [request.partition_value])
-                con.execute(f"INSERT INTO {qtable} ({cols}) SELECT {cols} FROM {stage}")
-                con.execute("COMMIT")
-                con.execute(f"DROP VIEW {stage}")
-            except duckdb.Error as err:
+            except BaseException as err:
                 con.execute("ROLLBACK")
-                raise WarehouseError(f"publishing to {table} failed, rolled back: {err}") from err
-            except BaseException:
-                con.execute("ROLLBACK")
+                if isinstance(err, duckdb.Error):
+                    raise WarehouseError(
+                        f"publishing to {table} failed, rolled back: {err}"
+                    ) from err
                 raise
-        return stats
+            staged = _DuckDBStaged(con, request, table, stage, StagedStats(*row))
+            try:
+                yield staged
+            finally:
+                staged.rollback()  # nothing to undo once committed
+                con.execute(f"DROP VIEW IF EXISTS {stage}")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.connect() as con:
@@ -169,3 +170,35 @@ class DuckDBWarehouse(Warehouse):
         with self.connect() as con:
             exists = self._existing_columns(con, table)
         return quote_identifier(f"{self.output_schema}.{table}") if exists else None
+
+
+class _DuckDBStaged(StagedPublication):
+    """The staged rows are a view inside the open transaction; commit swaps them in."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        request: PublishRequest,
+        table: str,
+        stage: str,
+        stats: StagedStats,
+    ) -> None:
+        super().__init__(table, stats)
+        self._con, self._request, self._stage = con, request, stage
+
+    def _commit(self) -> None:
+        qtable = quote_identifier(self.table)
+        cols = self._request.column_list("duckdb")
+        part = quote_identifier(self._request.partition_column)
+        try:
+            if self._request.mode == "replace_partition":
+                self._con.execute(
+                    f"DELETE FROM {qtable} WHERE {part} = ?", [self._request.partition_value]
+                )
+            self._con.execute(f"INSERT INTO {qtable} ({cols}) SELECT {cols} FROM {self._stage}")
+            self._con.execute("COMMIT")
+        except duckdb.Error as err:
+            raise WarehouseError(f"publishing to {self.table} failed, rolled back: {err}") from err
+
+    def _rollback(self) -> None:
+        self._con.execute("ROLLBACK")

@@ -22,6 +22,7 @@ from batch_inference_assets.io.parquet_files import RotatingParquetWriter
 from batch_inference_assets.io.warehouse import (
     PublishRequest,
     QueryTag,
+    StagedPublication,
     StagedStats,
     Warehouse,
     WarehouseError,
@@ -258,12 +259,13 @@ class SnowflakeWarehouse(Warehouse):
         finally:
             shutil.rmtree(local, ignore_errors=True)
 
-    def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:
+    @contextlib.contextmanager
+    def stage_publication(
+        self, request: PublishRequest, object_store: ObjectStore
+    ) -> Iterator[StagedPublication]:
         schema = validate_identifier(self.output_schema, "output_schema")
         table = f"{schema}.{validate_identifier(request.table, 'table')}"
         stage_table = f"{schema}.BI_STAGE_{uuid.uuid4().hex[:16].upper()}"
-        cols = request.column_list("snowflake")
-        part = validate_identifier(request.partition_column)
         with self.connect(request.tag) as con:
             cur = con.cursor()
             try:
@@ -278,43 +280,41 @@ class SnowflakeWarehouse(Warehouse):
                 cur.execute(
                     request.contract.table_ddl(stage_table, "snowflake", "CREATE TRANSIENT TABLE")
                 )
+            except snowflake.connector.errors.Error as err:
+                raise WarehouseError(f"publishing to {table} failed, rolled back: {err}") from err
+            try:
                 try:
                     self._load_stage_table(
                         cur, stage_table, request.files, object_store, request.tag
                     )
-                    cur.execute(
-                        request.staged_stats_sql(stage_table, "snowflake"),
-                        [request.partition_value],
-                    )
-                    row = cur.fetchone()
-                    assert row is not None
-                    stats = StagedStats(
-                        rows=int(row[0]),
-                        null_scores=int(row[1]),
-                        min_score=None if row[2] is None else float(row[2]),
-                        max_score=None if row[3] is None else float(row[3]),
-                        duplicate_ids=int(row[4]),
-                        other_partitions=int(row[5]),
-                    )
-                    request.validate(stats)
-                    cur.execute("BEGIN")
-                    try:
-                        if request.mode == "replace_partition":
-                            cur.execute(
-                                f"DELETE FROM {table} WHERE {part} = ?", [request.partition_value]
-                            )
-                        cur.execute(
-                            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage_table}"
-                        )
-                        cur.execute("COMMIT")
-                    except BaseException:
-                        cur.execute("ROLLBACK")
-                        raise
+                    stats = self._staged_stats(cur, request, stage_table)
+                except (snowflake.connector.errors.Error, OSError) as err:  # OSError: a lost file
+                    raise WarehouseError(
+                        f"publishing to {table} failed, rolled back: {err}"
+                    ) from err
+                staged = _SnowflakeStaged(cur, request, table, stage_table, stats)
+                try:
+                    yield staged
                 finally:
-                    cur.execute(f"DROP TABLE IF EXISTS {stage_table}")
-            except snowflake.connector.errors.Error as err:
-                raise WarehouseError(f"publishing to {table} failed, rolled back: {err}") from err
-        return stats
+                    staged.rollback()  # nothing to undo once committed
+            finally:
+                cur.execute(f"DROP TABLE IF EXISTS {stage_table}")
+
+    @staticmethod
+    def _staged_stats(
+        cur: SnowflakeCursor, request: PublishRequest, stage_table: str
+    ) -> StagedStats:
+        cur.execute(request.staged_stats_sql(stage_table, "snowflake"), [request.partition_value])
+        row = cur.fetchone()
+        assert row is not None
+        return StagedStats(
+            rows=int(row[0]),
+            null_scores=int(row[1]),
+            min_score=None if row[2] is None else float(row[2]),
+            max_score=None if row[3] is None else float(row[3]),
+            duplicate_ids=int(row[4]),
+            other_partitions=int(row[5]),
+        )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.connect() as con:
@@ -327,3 +327,43 @@ class SnowflakeWarehouse(Warehouse):
         with self.connect() as con:
             exists = self._existing_columns(con.cursor(), table)
         return f"{self.output_schema}.{table}".upper() if exists else None
+
+
+class _SnowflakeStaged(StagedPublication):
+    """The staged rows sit in a transient table; commit swaps them in in one transaction."""
+
+    def __init__(
+        self,
+        cur: SnowflakeCursor,
+        request: PublishRequest,
+        table: str,
+        stage_table: str,
+        stats: StagedStats,
+    ) -> None:
+        super().__init__(table, stats)
+        self._cur, self._request, self._stage_table = cur, request, stage_table
+
+    def _commit(self) -> None:
+        cols = self._request.column_list("snowflake")
+        part = validate_identifier(self._request.partition_column)
+        cur = self._cur
+        try:
+            cur.execute("BEGIN")
+            try:
+                if self._request.mode == "replace_partition":
+                    cur.execute(
+                        f"DELETE FROM {self.table} WHERE {part} = ?",
+                        [self._request.partition_value],
+                    )
+                cur.execute(
+                    f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self._stage_table}"
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except snowflake.connector.errors.Error as err:
+            raise WarehouseError(f"publishing to {self.table} failed, rolled back: {err}") from err
+
+    def _rollback(self) -> None:
+        """Nothing to undo: the transaction opens and closes inside `_commit`."""

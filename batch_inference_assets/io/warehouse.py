@@ -2,7 +2,8 @@
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -64,8 +65,6 @@ class PublishRequest:
     id_columns: Sequence[str]
     score_column: str
     tag: QueryTag
-    validate: Callable[[StagedStats], None]
-    """Raises to reject the staged rows; the transaction then rolls back."""
 
     def staged_stats_sql(self, stage: str, dialect: str) -> str:
         """One query over the staged rows; binds the partition value once."""
@@ -84,6 +83,42 @@ class PublishRequest:
 
     def column_list(self, dialect: str) -> str:
         return ", ".join(sql_identifier(c, dialect) for c in self.contract.names)
+
+
+class StagedPublication(ABC):
+    """Rows staged for one partition and not yet visible: `commit()` makes them the partition's,
+    `rollback()` discards them. Leaving the warehouse's `stage_publication` block without a
+    commit rolls back, and the staged rows are dropped either way."""
+
+    def __init__(self, table: str, stats: StagedStats) -> None:
+        self.table = table
+        self.stats = stats
+        self._state = "staged"
+
+    @property
+    def state(self) -> str:
+        """staged, committed or rolled back."""
+        return self._state
+
+    def commit(self) -> None:
+        """Replace (or append to) the partition with the staged rows, in one transaction."""
+        if self._state != "staged":
+            raise WarehouseError(f"cannot commit the publication to {self.table}: {self._state}")
+        self._commit()
+        self._state = "committed"
+
+    def rollback(self) -> None:
+        """Discard the staged rows; the table stays as it was. Does nothing once decided."""
+        if self._state == "staged":
+            self._state = "rolled back"
+            self._rollback()
+
+    @abstractmethod
+    def _commit(self) -> None:
+        """Swap the rows in; on failure, leave the table as it was and raise WarehouseError."""
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
 
 
 class Warehouse(dg.ConfigurableResource, ABC):
@@ -113,8 +148,15 @@ class Warehouse(dg.ConfigurableResource, ABC):
         """Run `sql`; write its rows as Parquet files in the store's (empty) `folder`."""
 
     @abstractmethod
-    def publish(self, request: PublishRequest, object_store: ObjectStore) -> StagedStats:
-        """Stage the files, validate, then replace (or append to) the partition: one transaction."""
+    def stage_publication(
+        self, request: PublishRequest, object_store: ObjectStore
+    ) -> AbstractContextManager[StagedPublication]:
+        """Stage the files and compute their stats; the caller commits or rolls back.
+
+        `with warehouse.stage_publication(request, store) as staged:` then `staged.commit()`
+        if `staged.stats` pass the gates. Nothing is deleted until the commit, an exception in
+        the block rolls back, and the staged rows are dropped when the block ends.
+        """
 
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Published predictions: load the scored shards into the warehouse, replacing the partition."""
+"""Published predictions: stage the scored shards in the warehouse, gate them, then commit."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,36 +87,34 @@ def publish_partition(
     day: date,
     run_id: str,
 ) -> tuple[StagedStats, list[GateResult]]:
-    """Replace (or append to) the partition in one transaction, only if every gate passes."""
-    gates: list[GateResult] = []
+    """Stage the scored files, gate the staged rows, then commit them as the partition (replace
+    or append, one transaction) or roll back and raise PublicationRejected."""
     classifier = spec.model.is_classifier
-
-    def validate(staged: StagedStats) -> None:
-        gates.extend(evaluate_gates(staged, scored.source_rows, classifier))
-        if not all(g.passed for g in gates):
-            raise PublicationRejected(gates)
-
     if not scored.paths:  # incremental mode with nothing new: the table stays as it is
         nothing = StagedStats(0, 0, None, None, 0, 0)
-        validate(nothing)
+        gates = evaluate_gates(nothing, scored.source_rows, classifier)
+        if not all(g.passed for g in gates):
+            raise PublicationRejected(gates)
         return nothing, gates
 
-    staged = warehouse.publish(
-        PublishRequest(
-            table=spec.output.table,
-            contract=spec.output_contract,
-            partition_column=PARTITION_COLUMN,
-            partition_value=day,
-            files=scored.paths,
-            mode=spec.output.mode,
-            id_columns=spec.features.id_columns,
-            score_column=SCORE_COLUMN,
-            tag=QueryTag(spec.name, day.isoformat(), run_id, "predictions"),
-            validate=validate,
-        ),
-        object_store,
+    request = PublishRequest(
+        table=spec.output.table,
+        contract=spec.output_contract,
+        partition_column=PARTITION_COLUMN,
+        partition_value=day,
+        files=scored.paths,
+        mode=spec.output.mode,
+        id_columns=spec.features.id_columns,
+        score_column=SCORE_COLUMN,
+        tag=QueryTag(spec.name, day.isoformat(), run_id, "predictions"),
     )
-    return staged, gates
+    with warehouse.stage_publication(request, object_store) as staged:
+        gates = evaluate_gates(staged.stats, scored.source_rows, classifier)
+        if not all(g.passed for g in gates):
+            staged.rollback()
+            raise PublicationRejected(gates)
+        staged.commit()
+    return staged.stats, gates
 
 
 def cost_metadata(
