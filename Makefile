@@ -1,4 +1,4 @@
-# make demo | make test | make ui | make seed | make lint | make clean
+# make demo | make test | make ui | make check | make seed | make lint | make clean
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ export BATCH_INFERENCE_ROOT ?= $(CURDIR)/.data
 BENCH_ROWS ?= 5000000
 BENCH_RUNS ?= 3
 
-.PHONY: venv demo seed ui test lint typecheck unit bench clean
+.PHONY: venv demo seed ui check test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ seed: venv
 
 ui: venv
 	test -f $(BATCH_INFERENCE_ROOT)/warehouse.duckdb || $(MAKE) seed
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dg dev -h 127.0.0.1 -p 3000
+
+# Each pipeline's defs.yaml against the component's schema (one folder per call: dg 1.13.27
+# checks only one file per component type when given the whole project), then the code location.
+check: venv
+	for d in dagster_defs/defs/pipelines/*/; do $(BIN)/dg check yaml $$d || exit 1; done
+	$(BIN)/dg check defs
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""`make demo`: seed the embedded warehouse, then run both demo pipelines with the Dagster CLI.
+"""`make demo`: seed the embedded warehouse, then run both demo pipelines with `dg launch`.
 
   churn   (binary)      its champion comes from the seed; one partition is scored
   demand  (regression)  its model is trained by its own training job first, then scored
@@ -20,26 +20,24 @@ from dagster_defs.demo.seed import seed
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
 
 DEMO_PARTITION = "2026-10-15"
+PROJECT = Path(__file__).parents[2]  # where pyproject.toml's [tool.dg] makes `dg` work
 
 
 def materialize(
     root: Path, select: str, partition: str | None = None, config: dict | None = None
 ) -> float:
-    """`dagster asset materialize` as a user would type it; exits with its log on failure."""
-    cmd = [
-        sys.executable, "-m", "dagster", "asset", "materialize",
-        "-m", "dagster_defs.definitions", "--select", select,
-    ]  # fmt: skip
+    """`dg launch` as a user would type it in the project; exits with its log on failure."""
+    cmd = [str(Path(sys.executable).parent / "dg"), "launch", "--assets", select]
     if partition:
         cmd += ["--partition", partition]
     if config:
         cmd += ["--config-json", json.dumps(config)]
-    print("$ " + " ".join(cmd[2:]))
+    print("$ dg " + " ".join(cmd[1:]))
     log = root / f"demo-{select.replace(':', '-').replace('/', '-')}.log"
     started = time.perf_counter()
     with log.open("w") as out:
         done = subprocess.run(
-            cmd, env={**os.environ, "BATCH_INFERENCE_ROOT": str(root)},
+            cmd, env={**os.environ, "BATCH_INFERENCE_ROOT": str(root)}, cwd=PROJECT,
             stdout=out, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
     if done.returncode != 0:
