@@ -3,9 +3,14 @@
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +200,78 @@ def test_a_scaffolded_pipeline_scores_a_day_without_python(
 def _scaffolded_start(defs_yaml: Path) -> str:
     line = next(s for s in defs_yaml.read_text().splitlines() if "start_date:" in s)
     return line.split('"')[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gql(url: str, query: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        doc = json.loads(response.read())
+    assert "errors" not in doc, doc
+    return doc["data"]
+
+
+def test_dg_dev_serves_the_code_location_with_described_checks(
+    run_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "dg-dev.log").open("w") as log:
+        proc = subprocess.Popen(
+            [str(DG), "dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO, env={**os.environ, **run_env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline, location = time.monotonic() + 180, None
+        while location is None:
+            assert proc.poll() is None, (tmp_path / "dg-dev.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "dg-dev.log").read_text()[-3000:]
+            try:
+                entries = _gql(
+                    url,
+                    "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                    "locationOrLoadError { __typename } } } } }",
+                )["workspaceOrError"]["locationEntries"]
+            except OSError:
+                entries = []
+            loaded = [
+                e["name"]
+                for e in entries
+                if e["locationOrLoadError"]
+                and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+            ]
+            location = loaded[0] if loaded else None
+            time.sleep(1)
+        assert location == "batch_inference"  # one name: dg, workspace.yaml and the daemon
+        node = _gql(
+            url,
+            '{ assetNodeOrError(assetKey: {path: ["churn", "predictions"]}) { ... on AssetNode { '
+            "assetChecksOrError { ... on AssetChecks { checks { name description blocking } } } "
+            "} } }",
+        )["assetNodeOrError"]
+        shown = {c["name"]: c for c in node["assetChecksOrError"]["checks"]}
+        assert set(shown) == set(checks.prediction_checks(load_spec_named("churn")))
+        for name, check in shown.items():
+            assert check["description"] == checks.REGISTRY[name].description
+            assert check["blocking"] == checks.REGISTRY[name].blocking
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def load_spec_named(name: str) -> PipelineSpec:
+    return next(s for s in load_specs(PIPELINES_DIR) if s.name == name)
