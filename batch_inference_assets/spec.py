@@ -41,14 +41,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FeatureQuery(_Strict):
+class _SqlSource(_Strict):
+    """SQL in a file beside the YAML (`sql_file`, read when the pipeline loads) or inline."""
+
     sql_file: str | None = Field(
-        default=None,
-        description="The feature SQL, in a file beside the YAML (or give `sql` inline). It "
-        "returns the id columns and the features; {schema} is the warehouse's feature schema, "
-        ":partition_date, :partition_start, :partition_end and each ctx key are bound values.",
+        default=None, description="A SQL file, relative to the YAML file (or give `sql`)."
     )
-    sql: str = Field(default="", description="The feature SQL inline, instead of sql_file.")
+    sql: str = Field(default="", description="The SQL inline, instead of sql_file.")
+
+
+class FeatureQuery(_SqlSource):
+    """The feature SQL returns the id columns and the features; {schema} is the warehouse's
+    feature schema; :partition_date, :partition_start, :partition_end and each ctx key are
+    bound values."""
+
     id_columns: list[str] = Field(min_length=1, description="The key of a row: [customer_id].")
     ctx: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Extra bound values for the SQL, by name."
@@ -263,16 +269,11 @@ class LimitSpec(_Strict):
     max_rows: int | None = Field(default=None, gt=0, description="Fail before scoring above.")
 
 
-class TrainingSpec(_Strict):
-    """The candidate model: LightGBM trained on a labelled window, promoted by a gate."""
+class TrainingSpec(_SqlSource):
+    """The candidate model: LightGBM trained on a labelled window, promoted by a gate. The SQL
+    returns labelled rows (the model's features, `label` and a `date_column`) between
+    :window_start and :window_end (dates, end exclusive)."""
 
-    sql_file: str | None = Field(
-        default=None,
-        description="Labelled rows, in a file beside the YAML (or `sql` inline); :window_start "
-        "and :window_end (dates, end exclusive) bound them. Must return the model's features, "
-        "`label` and a `date_column`.",
-    )
-    sql: str = Field(default="", description="The training SQL inline, instead of sql_file.")
     label: str = "label"
     date_column: str = "snapshot_date"
     window_days: int = Field(default=60, ge=2)
@@ -318,23 +319,30 @@ class ExportSpec(_Strict):
 
 
 class PipelineSpec(_Strict):
-    name: str
+    """One pipeline: a SQL feature query + a model + an output table, scored daily. The
+    attributes of a BatchInferencePipeline's defs.yaml."""
+
+    name: str = Field(description="Asset keys <name>/..., group <name>, job <name>_daily.")
     description: str = ""
     owner: str = ""
-    start_date: date
-    timezone: str = "UTC"
-    features: FeatureQuery
-    model: ModelSpec
-    output: OutputTable
-    sharding: Sharding = Sharding()
-    checks: CheckThresholds = CheckThresholds()
-    schedule: ScheduleSpec = ScheduleSpec()
-    landing: LandingSpec | None = None
-    retries: RetrySpec = RetrySpec()
-    timeouts: TimeoutSpec = TimeoutSpec()
-    limits: LimitSpec = LimitSpec()
-    training: TrainingSpec | None = None
-    exports: ExportSpec = ExportSpec()
+    start_date: date = Field(description="The first daily partition, YYYY-MM-DD (quoted).")
+    timezone: str = Field(default="UTC", description="Of the daily partitions.")
+    features: FeatureQuery = Field(description="The feature query and the ids of a row.")
+    model: ModelSpec = Field(description="Which model scores, by name and alias or version.")
+    output: OutputTable = Field(description="The published table and its columns (its DDL).")
+    sharding: Sharding = Field(default=Sharding(), description="How a day is cut into steps.")
+    checks: CheckThresholds = Field(default=CheckThresholds(), description="Check thresholds.")
+    schedule: ScheduleSpec = Field(default=ScheduleSpec(), description="The daily schedule.")
+    landing: LandingSpec | None = Field(
+        default=None, description="A sensor that requests a day once its source rows exist."
+    )
+    retries: RetrySpec = Field(default=RetrySpec(), description="Of each shard step.")
+    timeouts: TimeoutSpec = Field(default=TimeoutSpec(), description="Per shard and per run.")
+    limits: LimitSpec = Field(default=LimitSpec(), description="Refuse oversized partitions.")
+    training: TrainingSpec | None = Field(
+        default=None, description="Train candidates and promote them through a gate."
+    )
+    exports: ExportSpec = Field(default=ExportSpec(), description="Files beside the table.")
 
     @field_validator("name")
     @classmethod
