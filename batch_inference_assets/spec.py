@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from batch_inference_assets.contracts import Column, ColumnType, Contract, validate_identifier
 from batch_inference_assets.sql import SqlTemplate
@@ -31,6 +32,13 @@ LABEL_TYPES: dict[str, ColumnType] = {
     "lightgbm_binary": "int64",
     "lightgbm_multiclass": "string",
 }
+
+
+def _at(loc: tuple[str, ...], message: str) -> InitErrorDetails:
+    """A rule across fields, reported at the field it is about (so with that field's line)."""
+    return InitErrorDetails(
+        type="value_error", loc=loc, input=None, ctx={"error": ValueError(message)}
+    )
 
 
 class SpecError(ValueError):
@@ -379,10 +387,12 @@ class PipelineSpec(_Strict):
                     problems.append(f"column {name!r} must be float64, not {col.type}")
             else:
                 problems.append(f"column {name!r} is not produced by {kind} scoring")
+        errors = [_at(("output", "columns"), "; ".join(problems))] if problems else []
         if self.exports.top_k and self.exports.top_k.by not in declared:
-            problems.append(f"exports.top_k.by: {self.exports.top_k.by!r} is not an output column")
-        if problems:
-            raise ValueError("output.columns: " + "; ".join(problems))
+            by = self.exports.top_k.by
+            errors.append(_at(("exports", "top_k", "by"), f"{by!r} is not an output column"))
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
 
     @property
@@ -407,7 +417,8 @@ SQL_SECTIONS = ("features", "training")
 
 
 def yaml_line(path: Path, field: Sequence[str | int]) -> int | None:
-    """The 1-based line of `field` (a key path) in a YAML file: the deepest part that exists."""
+    """The 1-based line of `field` (a key path) in a YAML file: of its key, or of the deepest
+    part of the path that exists."""
     try:
         node: Any = yaml.compose(path.read_text())
     except (OSError, yaml.YAMLError):
@@ -415,18 +426,18 @@ def yaml_line(path: Path, field: Sequence[str | int]) -> int | None:
     line = None
     for part in field:
         if isinstance(node, yaml.MappingNode):
-            found = [v for k, v in node.value if k.value == part]
+            found = [(k, v) for k, v in node.value if k.value == part]
             if not found:
-                key = [k for k, _ in node.value if k.value == part]
-                return key[0].start_mark.line + 1 if key else line
-            node = found[0]
+                break
+            key, node = found[0]
+            line = key.start_mark.line + 1
         elif (
             isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
         ):
             node = node.value[part]
+            line = node.start_mark.line + 1
         else:
             break
-        line = node.start_mark.line + 1
     return line
 
 

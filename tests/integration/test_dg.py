@@ -142,7 +142,8 @@ def test_a_broken_defs_yaml_is_reported_with_file_line_and_field(project: Path) 
     result = dg("check", "defs", "--target-path", str(project), cwd=project)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
-    assert f"{path}:" in out and "attributes" in out
+    columns = next(i for i, s in enumerate(lines, 1) if s.strip() == "columns:")
+    assert f"attributes.output.columns at {path}:{columns}" in out
     assert "column 'label': lightgbm_regression models have no label" in out
 
 

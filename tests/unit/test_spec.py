@@ -5,7 +5,7 @@ import yaml
 
 from batch_inference_assets import SpecError, load_spec, load_specs
 from dagster_defs.definitions import PIPELINES_DIR
-from tests.conftest import churn_yaml
+from tests.conftest import churn_yaml, write_pipeline
 
 
 def _write(tmp_path: Path, raw: dict, sql: str | None = None) -> Path:
@@ -80,3 +80,27 @@ def test_undeclared_output_column_is_rejected(tmp_path: Path, raw_churn: dict) -
     raw_churn["output"]["columns"].append({"name": "tenure", "type": "int64"})
     with pytest.raises(SpecError, match="'tenure' is not produced by lightgbm_binary scoring"):
         load_spec(_write(tmp_path, raw_churn))
+
+
+def test_a_defs_yaml_error_names_file_field_and_line(tmp_path: Path, raw_churn: dict) -> None:
+    raw_churn["output"]["columns"][1]["type"] = "string"
+    raw_churn["sharding"]["max_parallel"] = 0
+    path = write_pipeline(tmp_path, raw_churn)
+    lines = path.read_text().splitlines()
+    max_parallel = next(i for i, s in enumerate(lines, 1) if "max_parallel:" in s)
+    output = next(i for i, s in enumerate(lines, 1) if s.strip() == "output:")
+    columns = next(i for i, s in enumerate(lines, 1) if s.strip() == "columns:" and i > output)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert (
+        f"  sharding.max_parallel: Input should be greater than or equal to 1 (line {max_parallel})"
+        in message
+    )
+    # A rule across fields (the columns must fit the model's kind) points at the columns.
+    raw_churn["sharding"]["max_parallel"] = 2
+    with pytest.raises(
+        SpecError, match=rf"  output.columns: .*'score' must be float64.*\(line {columns}\)"
+    ):
+        load_spec(write_pipeline(tmp_path, raw_churn))
