@@ -90,9 +90,12 @@ def snowflake_warehouse() -> SnowflakeWarehouse:
     options: dict[str, Any] = {
         "account": dg.EnvVar("SNOWFLAKE_ACCOUNT"),
         "user": dg.EnvVar("SNOWFLAKE_USER"),
+        # One of: a password, a key pair (PEM file or the PEM itself), or an authenticator.
         "password": _optional("SNOWFLAKE_PASSWORD"),
         "private_key_path": _optional("SNOWFLAKE_PRIVATE_KEY_PATH"),
-        "private_key_passphrase": _optional("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"),
+        "private_key": _optional("SNOWFLAKE_PRIVATE_KEY"),
+        "private_key_password": _optional("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"),
+        "authenticator": _optional("SNOWFLAKE_AUTHENTICATOR"),
         "role": _optional("SNOWFLAKE_ROLE"),
         "database": dg.EnvVar("SNOWFLAKE_DATABASE"),
         # The {schema} of feature SQL: FEATURES_DEV or FEATURES_PROD unless set explicitly.

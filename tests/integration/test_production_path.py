@@ -1,5 +1,6 @@
 """The production path over real protocols: S3 through moto, Snowflake through fakesnow."""
 
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -9,6 +10,9 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 import s3fs
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from snowflake.connector.errors import ProgrammingError
 
 from batch_inference_assets import PipelineSpec, build_pipeline
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
@@ -253,6 +257,68 @@ def test_cli_on_snowflake_and_s3_with_the_multiprocess_executor(
     assert len(set(table.column("customer_id").to_pylist())) == SEED_CUSTOMERS
     assert len(set(table.column("run_id").to_pylist())) == 1
     assert fs.ls(f"{s3_bucket}/batch-inference/dev/churn/scored/{DAY}")
+
+
+def _served(server: dict[str, Any], **auth: Any) -> SnowflakeWarehouse:
+    """A warehouse on the fakesnow server, authenticating as `auth` says."""
+    return SnowflakeWarehouse(
+        account=server["account"], user=server["user"], host=server["host"],
+        port=server["port"], protocol=server["protocol"], database="BI_AUTH",
+        schema_name="FEATURES_DEV", output_schema="PREDICTIONS_DEV", **auth,
+    )  # fmt: skip
+
+
+def _pem(key: rsa.RSAPrivateKey, passphrase: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+
+
+def test_key_pair_auth_from_a_file_or_the_pem_itself(
+    snowflake_server: dict[str, Any], tmp_path: Path
+) -> None:
+    """dagster-snowflake loads the key (decrypting it) and the connector signs in with it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    encrypted = tmp_path / "bi_rsa_key.p8"
+    encrypted.write_bytes(_pem(key, b"s3cret"))
+    by_path = _served(
+        snowflake_server, private_key_path=str(encrypted), private_key_password="s3cret"
+    )
+    assert by_path.query("SELECT 41 + 1 AS n").column("n").to_pylist() == [42]
+    raw = _served(snowflake_server, private_key=_pem(key).decode())
+    assert raw.query("SELECT 'pem' AS auth").column("auth").to_pylist() == ["pem"]
+
+    wrong = _served(snowflake_server, private_key_path=str(encrypted), private_key_password="wrong")
+    with pytest.raises(WarehouseError) as err:
+        wrong.query("SELECT 1")
+    assert "cannot connect to Snowflake account" in str(err.value)
+    assert "private_key_password" in str(err.value)
+
+
+def test_a_failed_statement_still_closes_the_session(
+    snowflake_server: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """dagster-snowflake's get_connection cleans up only after a clean exit; we close anyway.
+
+    fakesnow hands out no master token, so the connector cannot log the session out and
+    `is_closed()` stays False; its log says whether `close()` ran."""
+    warehouse = _served(snowflake_server, password=snowflake_server["password"])
+    with caplog.at_level(logging.DEBUG, logger="snowflake.connector.connection"):
+        with (
+            pytest.raises(ProgrammingError, match="NO_SUCH_TABLE"),
+            warehouse.connect() as failed,
+        ):
+            failed.cursor().execute("SELECT * FROM FEATURES_DEV.NO_SUCH_TABLE")
+        with warehouse.connect() as ok:
+            ok.cursor().execute("SELECT 1")
+    closed = [r.getMessage() for r in caplog.records if "removed from registry" in r.getMessage()]
+    assert any(f"Connection {id(failed)} " in m for m in closed)
+    assert any(f"Connection {id(ok)} " in m for m in closed)
 
 
 def test_bad_snowflake_credentials_name_the_settings() -> None:

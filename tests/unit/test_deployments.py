@@ -37,6 +37,24 @@ def test_snowflake_s3_takes_secrets_as_env_vars(
     assert store.prefix == "batch-inference/prod"
 
 
+def test_snowflake_key_pair_and_authenticator_from_env_vars(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BATCH_INFERENCE_DEPLOYMENT", "snowflake_s3")
+    monkeypatch.delenv("SNOWFLAKE_PASSWORD", raising=False)
+    monkeypatch.delenv("SNOWFLAKE_PRIVATE_KEY_PATH", raising=False)
+    monkeypatch.setenv("SNOWFLAKE_PRIVATE_KEY", "-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    monkeypatch.setenv("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE", "k")
+    monkeypatch.setenv("SNOWFLAKE_AUTHENTICATOR", "snowflake_jwt")
+    warehouse = deployment_resources(tmp_path)["warehouse"]
+    fields = warehouse._get_non_default_public_field_values()
+    assert all(isinstance(fields[k], dg.EnvVar) for k in ("private_key", "private_key_password"))
+    assert fields["private_key"] == dg.EnvVar("SNOWFLAKE_PRIVATE_KEY")
+    assert fields["private_key_password"] == dg.EnvVar("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE")
+    assert fields["authenticator"] == dg.EnvVar("SNOWFLAKE_AUTHENTICATOR")
+    assert "password" not in fields and "private_key_path" not in fields
+
+
 def test_unknown_deployment_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BATCH_INFERENCE_DEPLOYMENT", "bigquery")
     with pytest.raises(ValueError, match="must be one of"):

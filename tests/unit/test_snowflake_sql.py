@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
+from dagster_snowflake import SnowflakeResource
 
 from batch_inference_assets.io.object_store import S3ObjectStore
 from batch_inference_assets.io.snowflake_warehouse import (
@@ -73,25 +74,44 @@ def _warehouse(**kw: object) -> SnowflakeWarehouse:
 
 def test_every_connection_carries_the_query_tag_and_binds_server_side() -> None:
     tag = QueryTag("churn", "2026-10-15", "run-1", "predictions")
-    args = _warehouse(password="pw", role="BI_ROLE")._connect_args(tag)
-    assert args["paramstyle"] == "qmark"
-    assert json.loads(args["session_parameters"]["QUERY_TAG"]) == {
+    resource = _warehouse(password="pw", role="BI_ROLE").snowflake_resource(tag)
+    assert isinstance(resource, SnowflakeResource)
+    assert (resource.paramstyle, resource.role, resource.password) == ("qmark", "BI_ROLE", "pw")
+    extra = resource.additional_snowflake_connection_args or {}
+    assert json.loads(extra["session_parameters"]["QUERY_TAG"]) == {
         "app": "batch-inference", "pipeline": "churn", "partition": "2026-10-15",
         "run_id": "run-1", "stage": "predictions",
     }  # fmt: skip
-    assert args["role"] == "BI_ROLE" and "host" not in args
+    assert "host" not in extra and "port" not in extra
 
 
-def test_key_pair_auth() -> None:
-    args = _warehouse(private_key_path="/keys/bi.p8", private_key_passphrase="k")._connect_args(
-        None
-    )
-    assert args["private_key_file"] == "/keys/bi.p8" and args["private_key_file_pwd"] == "k"
-    assert "password" not in args and "QUERY_TAG" not in args["session_parameters"]
+def test_key_pair_and_authenticator_pass_through_to_dagster_snowflake() -> None:
+    by_path = _warehouse(private_key_path="/keys/bi.p8", private_key_password="k")
+    resource = by_path.snowflake_resource()
+    assert (resource.private_key_path, resource.private_key_password) == ("/keys/bi.p8", "k")
+    assert resource.password is None and resource.private_key is None
+    extra = resource.additional_snowflake_connection_args or {}
+    assert "QUERY_TAG" not in extra["session_parameters"]
+    assert _warehouse(private_key="-----BEGIN PRIVATE KEY-----").snowflake_resource().private_key
+    sso = _warehouse(authenticator="externalbrowser").snowflake_resource()
+    assert sso.authenticator == "externalbrowser" and sso.password is None
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {},
+        {"password": "pw", "private_key_path": "/keys/bi.p8"},
+        {"password": "pw", "private_key": "k"},
+    ],
+)
+def test_exactly_one_way_to_authenticate(auth: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=r"set exactly one of warehouse\.password, private_key"):
+        _warehouse(**auth)
 
 
 def test_bare_stage_names_live_in_the_output_schema() -> None:
-    w = _warehouse()
+    w = _warehouse(password="pw")
     assert w._qualified("BI_STAGE", "stage") == "PREDICTIONS_PROD.BI_STAGE"
     assert w._qualified("OPS.BI_STAGE", "stage") == "OPS.BI_STAGE"
 
