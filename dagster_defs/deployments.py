@@ -76,11 +76,16 @@ def s3_object_store(prefix_suffix: str = "") -> S3ObjectStore:
     options: dict[str, Any] = {
         "bucket": dg.EnvVar("BATCH_INFERENCE_S3_BUCKET"),
         "prefix": f"{prefix}/{_environment().lower()}{prefix_suffix}",
-        "region": _optional("AWS_REGION"),
+        # dagster-aws's S3Resource names, from the AWS SDK's own variables.
+        "region_name": _optional("AWS_REGION"),
         "endpoint_url": _optional("BATCH_INFERENCE_S3_ENDPOINT_URL"),
-        "access_key_id": _optional("AWS_ACCESS_KEY_ID"),
-        "secret_access_key": _optional("AWS_SECRET_ACCESS_KEY"),
-        "session_token": _optional("AWS_SESSION_TOKEN"),
+        "profile_name": _optional("AWS_PROFILE"),
+        "max_attempts": dg.EnvVar.int("AWS_MAX_ATTEMPTS")
+        if os.environ.get("AWS_MAX_ATTEMPTS")
+        else None,
+        "aws_access_key_id": _optional("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": _optional("AWS_SECRET_ACCESS_KEY"),
+        "aws_session_token": _optional("AWS_SESSION_TOKEN"),
     }
     return S3ObjectStore(**{k: v for k, v in options.items() if v is not None})
 

@@ -145,6 +145,43 @@ def snowflake_login_refused() -> Iterator[int]:
 
 
 @contextlib.contextmanager
+def s3_internal_errors() -> Iterator[tuple[str, list[str]]]:
+    """An S3 endpoint that answers every request with a 500 InternalError (which botocore
+    retries); yields its URL and the requests it received."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[str] = []
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+        b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def _fail(self) -> None:
+            received.append(f"{self.command} {self.path}")
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(500)
+            self.send_header("content-type", "application/xml")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _fail
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", received
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
 def webhook_recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A local HTTP endpoint that records every JSON body POSTed to it."""
     import json

@@ -3,6 +3,7 @@
 from typing import Any
 
 import dagster as dg
+from botocore.exceptions import NoCredentialsError
 from pydantic import Field, PrivateAttr
 from upath import UPath
 
@@ -62,31 +63,42 @@ class LocalObjectStore(ObjectStore):
 
 
 class S3ObjectStore(ObjectStore):
-    """An S3 bucket and prefix, through s3fs; `endpoint_url` for S3-compatible servers."""
+    """An S3 bucket and prefix, through s3fs. The connection settings carry dagster-aws's
+    `S3Resource` names; `endpoint_url` for S3-compatible servers."""
 
     bucket: str
     prefix: str = Field(default="batch-inference")
-    region: str | None = None
+    region_name: str | None = None
     endpoint_url: str | None = Field(default=None, description="e.g. a MinIO or moto server")
-    access_key_id: str | None = Field(default=None, description="Omit to use the AWS chain.")
-    secret_access_key: str | None = None
-    session_token: str | None = None
+    profile_name: str | None = Field(default=None, description="A profile of ~/.aws/config.")
+    max_attempts: int = Field(
+        default=5, description="Attempts per S3 call (botocore's standard retry mode)."
+    )
+    aws_access_key_id: str | None = Field(
+        default=None, description="Omit (with the secret) to use the profile or the AWS chain."
+    )
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
 
     def _root(self) -> str:
         return f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
 
     @property
     def storage_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {
+            "config_kwargs": {"retries": {"max_attempts": self.max_attempts, "mode": "standard"}}
+        }
         if self.endpoint_url:
             options["endpoint_url"] = self.endpoint_url
-        if self.access_key_id:
-            options["key"] = self.access_key_id
-            options["secret"] = self.secret_access_key
-            if self.session_token:
-                options["token"] = self.session_token
-        if self.region:
-            options["client_kwargs"] = {"region_name": self.region}
+        if self.profile_name:
+            options["profile"] = self.profile_name
+        if self.aws_access_key_id:
+            options["key"] = self.aws_access_key_id
+            options["secret"] = self.aws_secret_access_key
+            if self.aws_session_token:
+                options["token"] = self.aws_session_token
+        if self.region_name:
+            options["client_kwargs"] = {"region_name": self.region_name}
         return options
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -106,11 +118,17 @@ class S3ObjectStore(ObjectStore):
         except PermissionError as err:
             raise ObjectStoreError(
                 f"S3 refused access to bucket {self.bucket!r}{where}: {err}. Check "
-                "object_store.access_key_id and secret_access_key (or the instance role) and "
-                "that they may list the bucket."
+                "object_store.aws_access_key_id and aws_secret_access_key (or profile_name, or "
+                "the instance role) and that they may list the bucket."
+            ) from err
+        except NoCredentialsError as err:
+            raise ObjectStoreError(
+                f"no AWS credentials found for S3 bucket {self.bucket!r}{where}. Set "
+                "object_store.aws_access_key_id and aws_secret_access_key, or profile_name, or "
+                "give the instance a role."
             ) from err
         except Exception as err:  # botocore/aiohttp raise many types for network failures
             raise ObjectStoreError(
                 f"cannot reach S3 bucket {self.bucket!r}{where}: {type(err).__name__}: {err}. "
-                "Check object_store.endpoint_url and region."
+                "Check object_store.endpoint_url, region_name and profile_name."
             ) from err

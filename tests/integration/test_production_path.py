@@ -34,6 +34,7 @@ from tests.servers import (
     S3_SECRET,
     load_into_snowflake,
     moto_s3_with_auth,
+    s3_internal_errors,
     seeded_features,
     snowflake_login_refused,
 )
@@ -44,7 +45,7 @@ STABLE = ["customer_id", "score", "label", "model_version", "partition_date"]
 def _s3(bucket: str, endpoint: str, prefix: str = "bi") -> S3ObjectStore:
     return S3ObjectStore(
         bucket=bucket, prefix=prefix, endpoint_url=endpoint,
-        access_key_id=S3_KEY, secret_access_key=S3_SECRET, region="us-east-1",
+        aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET, region_name="us-east-1",
     )  # fmt: skip
 
 
@@ -342,12 +343,67 @@ def _warehouse_at(port: int, **kw: Any) -> SnowflakeWarehouse:
 def test_bad_s3_credentials_name_the_settings(s3_endpoint: str) -> None:
     with moto_s3_with_auth() as url:
         store = S3ObjectStore(
-            bucket="any", endpoint_url=url, access_key_id="bad", secret_access_key="bad"
+            bucket="any", endpoint_url=url, aws_access_key_id="bad", aws_secret_access_key="bad"
         )
         with pytest.raises(ObjectStoreError) as err:
             store.verify()
     assert "S3 refused access to bucket 'any'" in str(err.value)
-    assert "object_store.access_key_id" in str(err.value)
+    assert "object_store.aws_access_key_id and aws_secret_access_key" in str(err.value)
+
+
+@pytest.fixture
+def aws_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty AWS config and credentials file pair, and no credentials in the environment."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to wait for
+    (tmp_path / "config").write_text("")
+    (tmp_path / "credentials").write_text("")
+    return tmp_path
+
+
+def test_s3_profile_name_reaches_botocore(
+    aws_files: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    # Only the profile knows the endpoint and the keys: the store works only if it is used.
+    (aws_files / "config").write_text(f"[profile bi]\nendpoint_url = {s3_endpoint}\n")
+    (aws_files / "credentials").write_text(
+        f"[bi]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n"
+    )
+    store = S3ObjectStore(bucket=s3_bucket, prefix="bi", profile_name="bi")
+    store.verify()
+    store.path("hello.txt").write_text("from the profile")
+    assert store.path("hello.txt").read_text() == "from the profile"
+
+    with pytest.raises(ObjectStoreError) as err:
+        S3ObjectStore(bucket=s3_bucket, profile_name="nope").verify()
+    assert "ProfileNotFound" in str(err.value) and "profile_name" in str(err.value)
+    with pytest.raises(ObjectStoreError) as err:
+        S3ObjectStore(bucket=s3_bucket, endpoint_url=s3_endpoint).verify()
+    assert "no AWS credentials found" in str(err.value)
+    assert "object_store.aws_access_key_id and aws_secret_access_key, or profile_name" in str(
+        err.value
+    )
+
+
+def test_s3_max_attempts_reaches_botocore() -> None:
+    """botocore retries a 500 up to max_attempts; the failure names the settings to check."""
+    counts = {}
+    for attempts in (1, 3):
+        with s3_internal_errors() as (url, received):
+            store = S3ObjectStore(
+                bucket="any", endpoint_url=url, aws_access_key_id=S3_KEY,
+                aws_secret_access_key=S3_SECRET, max_attempts=attempts,
+            )  # fmt: skip
+            with pytest.raises(ObjectStoreError) as err:
+                store.verify()
+            counts[attempts] = len(received)
+    assert counts[3] - counts[1] == 2
+    assert "cannot reach S3 bucket 'any'" in str(err.value)
+    assert "Check object_store.endpoint_url, region_name and profile_name" in str(err.value)
 
 
 def test_unreachable_warehouse_publishes_nothing(

@@ -55,6 +55,26 @@ def test_snowflake_key_pair_and_authenticator_from_env_vars(
     assert "password" not in fields and "private_key_path" not in fields
 
 
+def test_s3_settings_carry_dagster_aws_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BATCH_INFERENCE_DEPLOYMENT", "snowflake_s3")
+    monkeypatch.setenv("SNOWFLAKE_PASSWORD", "secret")
+    env = {
+        "AWS_REGION": "region_name", "AWS_PROFILE": "profile_name",
+        "AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+        "AWS_SESSION_TOKEN": "aws_session_token", "AWS_MAX_ATTEMPTS": "max_attempts",
+        "BATCH_INFERENCE_S3_ENDPOINT_URL": "endpoint_url",
+    }  # fmt: skip
+    for var in env:
+        monkeypatch.setenv(var, "7")
+    store = deployment_resources(tmp_path)["object_store"]
+    fields = store._get_non_default_public_field_values()
+    for var, field in env.items():
+        # An EnvVar (IntEnvVar for max_attempts), resolved when a run starts.
+        assert getattr(fields[field], "env_var_name", None) == var
+
+
 def test_unknown_deployment_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BATCH_INFERENCE_DEPLOYMENT", "bigquery")
     with pytest.raises(ValueError, match="must be one of"):

@@ -119,6 +119,9 @@ def test_bare_stage_names_live_in_the_output_schema() -> None:
 def test_s3_paths_relative_to_the_stage_root() -> None:
     store = S3ObjectStore(bucket="ml-bi", prefix="batch-inference/prod", endpoint_url="http://x")
     assert str(store.base) == "s3://ml-bi/batch-inference/prod"
-    assert store.storage_options == {"endpoint_url": "http://x"}
+    assert store.storage_options == {
+        "endpoint_url": "http://x",
+        "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"}},
+    }
     uri = "s3://ml-bi/batch-inference/prod/churn/scored/2026-10-15/shard_00000.parquet"
     assert store.relative(uri) == "churn/scored/2026-10-15/shard_00000.parquet"
