@@ -11,8 +11,10 @@ from typing import Any
 import dagster as dg
 
 from batch_inference_assets.assets.alerts import Alerter
+from batch_inference_assets.assets.common import PREDICTIONS_IO_MANAGER
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
+from batch_inference_assets.io.predictions_io_manager import PredictionsIOManager
 from batch_inference_assets.io.records_io_manager import RecordIOManagerFactory
 from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
 from batch_inference_assets.io.warehouse import Warehouse
@@ -32,6 +34,8 @@ def role_resources(
         "object_store": object_store,
         "model_store": model_store,
         "io_manager": RecordIOManagerFactory(object_store=object_store),
+        # `<p>/predictions` writes its own table; downstream assets read it as DataFrames.
+        PREDICTIONS_IO_MANAGER: PredictionsIOManager(warehouse=warehouse),
         "alerter": alerter(),
         "cost_model": CostModel(),
     }

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import snowflake.connector
 from moto.server import ThreadedMotoServer
 
+from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
+
 S3_KEY, S3_SECRET = "testing", "testing"
 
 
@@ -30,6 +32,22 @@ def moto_s3() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def snowflake_warehouse_on(
+    server: dict[str, Any], output_schema: str = "PREDICTIONS_DEV"
+) -> SnowflakeWarehouse:
+    """A SnowflakeWarehouse on the fakesnow `server`, in a database of its own whose output
+    schema exists (an admin creates it once in production)."""
+    warehouse = SnowflakeWarehouse(
+        account=server["account"], user=server["user"], password=server["password"],
+        host=server["host"], port=server["port"], protocol=server["protocol"],
+        database=f"BI_{uuid.uuid4().hex[:8].upper()}", schema_name="FEATURES_DEV",
+        output_schema=output_schema,
+    )  # fmt: skip
+    with warehouse.connect() as con:
+        con.cursor().execute(f"CREATE SCHEMA IF NOT EXISTS {output_schema}")
+    return warehouse
 
 
 def snowflake_type(t: pa.DataType) -> str:

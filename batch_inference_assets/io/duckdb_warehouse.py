@@ -10,23 +10,42 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 from upath import UPath
 
-from batch_inference_assets.contracts import quote_identifier, validate_identifier
+from batch_inference_assets.contracts import ColumnType, quote_identifier, validate_identifier
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import is_local, place_file
 from batch_inference_assets.io.warehouse import (
+    DeclaredColumn,
     PublishRequest,
     QueryTag,
     StagedPublication,
     StagedStats,
     Warehouse,
     WarehouseError,
+    with_declared_types,
 )
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+             "UINTEGER", "UBIGINT")  # fmt: skip
+_DECLARED: dict[str, ColumnType] = {
+    **dict.fromkeys(_INTEGERS, "int64"),
+    **dict.fromkeys(("DOUBLE", "FLOAT", "REAL"), "float64"),
+    "VARCHAR": "string",
+    "BOOLEAN": "bool",
+    "DATE": "date",
+    "TIMESTAMP WITH TIME ZONE": "timestamp",
+}
+
+
+def _declared_type(sql_type: str, scale: int | None) -> ColumnType | None:
+    if sql_type.startswith("DECIMAL"):
+        return "int64" if scale == 0 else "float64"
+    return _DECLARED.get(sql_type)
 
 
 class DuckDBWarehouse(Warehouse):
@@ -160,6 +179,35 @@ class DuckDBWarehouse(Warehouse):
             finally:
                 staged.rollback()  # nothing to undo once committed
                 con.execute(f"DROP VIEW IF EXISTS {stage}")
+
+    def read_partition(self, table: str, partition_column: str, value: Any) -> pd.DataFrame:
+        name = f"{self.output_schema}.{validate_identifier(table, 'table')}"
+        where = f"{quote_identifier(partition_column)} = ?"
+        with self.connect() as con:
+            declared = self._declared_columns(con, table)
+            if not declared:
+                raise WarehouseError(f"cannot read {name}: no such table")
+            try:
+                frame = con.execute(
+                    f"SELECT * FROM {quote_identifier(name)} WHERE {where}", [value]
+                ).df()
+            except duckdb.Error as err:
+                raise WarehouseError(
+                    f"reading {partition_column} = {value} from {name} failed: {err}"
+                ) from err
+        return with_declared_types(frame, declared)
+
+    def _declared_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[DeclaredColumn]:
+        rows = con.execute(
+            "SELECT column_name, data_type, numeric_scale, is_nullable "
+            "FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+            "ORDER BY ordinal_position",
+            [self.output_schema, table],
+        ).fetchall()
+        return [
+            DeclaredColumn(name, _declared_type(sql_type, scale), nullable == "YES")
+            for name, sql_type, scale, nullable in rows
+        ]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.connect() as con:

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import pandas as pd
 import pyarrow as pa
 import snowflake.connector
 from pydantic import Field, model_validator
@@ -16,20 +17,37 @@ from snowflake.connector import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 from upath import UPath
 
-from batch_inference_assets.contracts import validate_identifier
+from batch_inference_assets.contracts import ColumnType, validate_identifier
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import RotatingParquetWriter
 from batch_inference_assets.io.warehouse import (
+    DeclaredColumn,
     PublishRequest,
     QueryTag,
     StagedPublication,
     StagedStats,
     Warehouse,
     WarehouseError,
+    with_declared_types,
 )
 
 if TYPE_CHECKING:
     from dagster_snowflake import SnowflakeResource
+
+_DECLARED: dict[str, ColumnType] = {
+    **dict.fromkeys(("FLOAT", "DOUBLE", "REAL"), "float64"),
+    **dict.fromkeys(("TEXT", "VARCHAR", "STRING"), "string"),
+    "BOOLEAN": "bool",
+    "DATE": "date",
+    **dict.fromkeys(("TIMESTAMP_TZ", "TIMESTAMP_LTZ"), "timestamp"),
+}
+
+
+def _declared_type(sql_type: str, scale: int | None) -> ColumnType | None:
+    if sql_type in ("NUMBER", "DECIMAL", "NUMERIC"):
+        return "int64" if not scale else "float64"
+    return _DECLARED.get(sql_type)
+
 
 _QUERY_ID = re.compile(r"^[0-9a-fA-F-]{36}$")
 _STAGE_PATH = re.compile(r"^[A-Za-z0-9_./=-]*$")
@@ -348,6 +366,36 @@ class SnowflakeWarehouse(Warehouse):
             duplicate_ids=int(row[4]),
             other_partitions=int(row[5]),
         )
+
+    def read_partition(self, table: str, partition_column: str, value: Any) -> pd.DataFrame:
+        name = f"{self.output_schema}.{validate_identifier(table, 'table')}"
+        part = validate_identifier(partition_column, "partition column")
+        with self.connect() as con:
+            cur = con.cursor()
+            try:
+                declared = self._declared_columns(cur, table)
+                if not declared:
+                    raise WarehouseError(f"cannot read {name}: no such table")
+                cur.execute(f"SELECT * FROM {name} WHERE {part} = ?", [value])
+                # Through dagster-snowflake's connection; the connector's Arrow-backed fetch.
+                frame = cur.fetch_pandas_all()
+            except snowflake.connector.errors.Error as err:
+                raise WarehouseError(
+                    f"reading {partition_column} = {value} from {name} failed: {err}"
+                ) from err
+        return with_declared_types(frame, declared)
+
+    def _declared_columns(self, cur: SnowflakeCursor, table: str) -> list[DeclaredColumn]:
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_SCALE, IS_NULLABLE "
+            "FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? "
+            "ORDER BY ORDINAL_POSITION",
+            [self.output_schema.upper(), table.upper()],
+        )
+        return [
+            DeclaredColumn(str(name).lower(), _declared_type(sql_type, scale), nullable == "YES")
+            for name, sql_type, scale, nullable in cur.fetchall()
+        ]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.connect() as con:

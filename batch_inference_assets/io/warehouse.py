@@ -1,4 +1,5 @@
-"""The warehouse role: export a query as Parquet files; replace a table partition atomically."""
+"""The warehouse role: export a query as Parquet files; replace a table partition atomically;
+read a partition back."""
 
 import json
 from abc import ABC, abstractmethod
@@ -9,10 +10,11 @@ from datetime import date
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pyarrow as pa
 from upath import UPath
 
-from batch_inference_assets.contracts import Contract, sql_identifier
+from batch_inference_assets.contracts import ColumnType, Contract, sql_identifier
 from batch_inference_assets.io.object_store import ObjectStore
 
 
@@ -83,6 +85,42 @@ class PublishRequest:
 
     def column_list(self, dialect: str) -> str:
         return ", ".join(sql_identifier(c, dialect) for c in self.contract.names)
+
+
+@dataclass(frozen=True)
+class DeclaredColumn:
+    """A column as the table declares it; `type` None for a type our contracts never write."""
+
+    name: str
+    type: ColumnType | None
+    nullable: bool
+
+
+def with_declared_types(frame: pd.DataFrame, columns: Sequence[DeclaredColumn]) -> pd.DataFrame:
+    """A driver's frame with the table's (lower-case) column names and one dtype per declared
+    type, so a partition reads the same from every warehouse, empty or not, nulls or not."""
+    by_name = {str(c).lower(): c for c in frame.columns}
+    return pd.DataFrame(
+        {c.name: _as_declared(frame[by_name[c.name.lower()]], c) for c in columns},
+        index=pd.RangeIndex(len(frame)),
+    )
+
+
+def _as_declared(values: pd.Series, column: DeclaredColumn) -> pd.Series:
+    values = values.reset_index(drop=True)
+    if column.type == "int64":
+        return values.astype("Int64" if column.nullable else "int64")
+    if column.type == "bool":
+        return values.astype("boolean" if column.nullable else "bool")
+    if column.type == "float64":
+        return values.astype("float64")
+    if column.type == "string":
+        return values.astype(object).where(values.notna(), None)
+    if column.type == "date":  # pandas has no date dtype: midnight, like DuckDB's own frames
+        return pd.to_datetime(values).astype("datetime64[ns]")
+    if column.type == "timestamp":
+        return pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]")
+    return values
 
 
 class StagedPublication(ABC):
@@ -157,6 +195,11 @@ class Warehouse(dg.ConfigurableResource, ABC):
         if `staged.stats` pass the gates. Nothing is deleted until the commit, an exception in
         the block rolls back, and the staged rows are dropped when the block ends.
         """
+
+    @abstractmethod
+    def read_partition(self, table: str, partition_column: str, value: Any) -> pd.DataFrame:
+        """The rows of `table` (in the output schema) where `partition_column` = `value`, with
+        the table's declared column types (see `with_declared_types`)."""
 
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:

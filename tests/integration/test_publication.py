@@ -21,6 +21,7 @@ from batch_inference_assets.io.warehouse import (
     Warehouse,
     WarehouseError,
 )
+from tests.servers import snowflake_warehouse_on
 
 DAY, OTHER_DAY = date(2026, 10, 15), date(2026, 10, 14)
 CONTRACT = Contract.of([
@@ -34,16 +35,7 @@ CONTRACT = Contract.of([
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
     if request.param == "duckdb":
         return DuckDBWarehouse(database=str(tmp_path / "w.duckdb"), output_schema="predictions")
-    server: dict[str, Any] = request.getfixturevalue("snowflake_server")
-    warehouse = SnowflakeWarehouse(
-        account=server["account"], user=server["user"], password=server["password"],
-        host=server["host"], port=server["port"], protocol=server["protocol"],
-        database=f"PUB_{uuid.uuid4().hex[:8].upper()}", schema_name="FEATURES_DEV",
-        output_schema="PREDICTIONS_DEV",
-    )  # fmt: skip
-    with warehouse.connect() as con:
-        con.cursor().execute("CREATE SCHEMA IF NOT EXISTS PREDICTIONS_DEV")
-    return warehouse
+    return snowflake_warehouse_on(request.getfixturevalue("snowflake_server"))
 
 
 @pytest.fixture

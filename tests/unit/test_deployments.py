@@ -14,7 +14,8 @@ def test_local_is_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     resources = deployment_resources(tmp_path)
     assert isinstance(resources["warehouse"], DuckDBWarehouse)
     assert set(resources) == {
-        "warehouse", "object_store", "model_store", "io_manager", "alerter", "cost_model",
+        "warehouse", "object_store", "model_store", "io_manager", "predictions_io_manager",
+        "alerter", "cost_model",
     }  # fmt: skip
 
 
