@@ -62,6 +62,11 @@ def defs() -> dg.Definitions:
         return build_definitions(resources, Path(elsewhere), executor)
     tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=PROJECT_ROOT)
     pipelines = [c.pipeline for c in tree.get_all_components(of_type=BatchInferencePipeline)]
+    # The defs folder, not the tree's root: the root also imports every installed component
+    # library for the UI's component catalogue (dagster-snowflake's alone takes ~3 s), and
+    # every step process loads these definitions again.
     return dg.Definitions.merge(
-        tree.build_defs(), shared_definitions(pipelines, resources, executor)
+        tree.build_defs(tree.defs_module_path),
+        dg.Definitions(component_tree=tree),
+        shared_definitions(pipelines, resources, executor),
     )

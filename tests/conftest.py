@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -230,3 +231,24 @@ def fault_env(root: Path, fast_pipelines: Path, monkeypatch: pytest.MonkeyPatch)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+def read_downstream(spec: PipelineSpec, resources: dict[str, Any], day: str) -> pd.DataFrame:
+    """What a user's own asset that takes `<p>/predictions` as an input receives."""
+    received: dict[str, pd.DataFrame] = {}
+    pipeline = build_pipeline(spec)
+
+    @dg.asset(
+        partitions_def=pipeline.partitions, ins={"rows": dg.AssetIn(pipeline.key("predictions"))}
+    )
+    def retention_offers(rows: pd.DataFrame) -> None:
+        received["rows"] = rows
+
+    result = dg.materialize(
+        [*pipeline.assets, retention_offers],
+        selection=[retention_offers.key],
+        partition_key=day,
+        resources=resources,
+    )
+    assert result.success
+    return received["rows"]

@@ -35,7 +35,7 @@ def predictions_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         metadata={"dagster/table_name": table},
         kinds={"table"},
         pool=WAREHOUSE_POOL,
-        # io_manager_key=PREDICTIONS_IO_MANAGER,  (wired once the IO manager lands)
+        io_manager_key=PREDICTIONS_IO_MANAGER,
         **daily(spec),
     )
     def predictions(

@@ -6,6 +6,7 @@ import dagster as dg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batch_inference_assets import PipelineSpec
 from batch_inference_assets.models.lightgbm_model import LightGBMPredictor
 from batch_inference_assets.models.matrix import feature_matrix
 from tests.conftest import (
@@ -15,13 +16,16 @@ from tests.conftest import (
     SEED_CUSTOMERS,
     Materialize,
     check_results,
+    read_downstream,
     read_table,
 )
 
 STABLE_COLUMNS = ["customer_id", "score", "label", "model_version", "partition_date"]
 
 
-def test_one_partition_end_to_end(materialize: Materialize, resources: dict[str, Any]) -> None:
+def test_one_partition_end_to_end(
+    materialize: Materialize, resources: dict[str, Any], churn_spec: PipelineSpec
+) -> None:
     result = materialize(DAY)
     assert result.success
     table = read_table(resources)
@@ -31,6 +35,10 @@ def test_one_partition_end_to_end(materialize: Materialize, resources: dict[str,
     assert str(table.column("partition_date")[0].as_py()) == DAY
     assert all(check_results(result).values()), check_results(result)
     assert len(check_results(result)) == 13
+    # A user's asset downstream of the predictions receives exactly the published rows.
+    read = read_downstream(churn_spec, resources, DAY).sort_values("customer_id")
+    assert read["customer_id"].tolist() == table.column("customer_id").to_pylist()
+    assert read["score"].tolist() == table.column("score").to_pylist()
 
     # The scores are the model's own predictions of the exported features.
     model = result.output_for_node("churn__model")

@@ -28,6 +28,7 @@ from tests.conftest import (
     SEED_CUSTOMERS,
     failure_message,
     materialize_cli,
+    read_downstream,
 )
 from tests.servers import (
     S3_KEY,
@@ -148,6 +149,11 @@ def test_graph_on_snowflake_and_s3(
     )
     first = _predictions(snowflake, DAY)
     assert first.column("customer_id").to_pylist() == source.column("customer_id").to_pylist()
+
+    # A user's asset downstream of the predictions reads that day's rows from Snowflake.
+    read = read_downstream(churn_spec, resources, DAY)
+    assert sorted(read["customer_id"]) == first.column("customer_id").to_pylist()
+    assert read["model_version"].unique().tolist() == list(set(first["model_version"].to_pylist()))
 
     # Idempotent: re-running a day replaces exactly that day.
     other_before = _predictions(snowflake, OTHER_DAYS[1])
