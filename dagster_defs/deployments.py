@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 
 from batch_inference_assets.assets.alerts import Alerter
-from batch_inference_assets.assets.common import PREDICTIONS_IO_MANAGER
+from batch_inference_assets.assets.common import PREDICTIONS_IO_MANAGER, RECORDS_IO_MANAGER
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 from batch_inference_assets.io.predictions_io_manager import PredictionsIOManager
@@ -33,12 +33,28 @@ def role_resources(
         "warehouse": warehouse,
         "object_store": object_store,
         "model_store": model_store,
-        "io_manager": RecordIOManagerFactory(object_store=object_store),
+        # Our assets pass small typed records; a user's own assets get Dagster's pickling.
+        RECORDS_IO_MANAGER: RecordIOManagerFactory(object_store=object_store),
+        "io_manager": assets_io_manager(object_store),
         # `<p>/predictions` writes its own table; downstream assets read it as DataFrames.
         PREDICTIONS_IO_MANAGER: PredictionsIOManager(warehouse=warehouse),
         "alerter": alerter(),
         "cost_model": CostModel(),
     }
+
+
+def assets_io_manager(object_store: ObjectStore) -> Any:
+    """The default IO manager, for assets of your own beside the pipelines: dagster-aws's
+    S3PickleIOManager on S3, Dagster's FilesystemIOManager locally, under `<store>/assets`."""
+    if isinstance(object_store, S3ObjectStore):
+        from dagster_aws.s3 import S3PickleIOManager
+
+        return S3PickleIOManager(
+            s3_resource=object_store.s3_resource(),
+            s3_bucket=object_store.bucket,
+            s3_prefix=f"{object_store.prefix.strip('/')}/assets",
+        )
+    return dg.FilesystemIOManager(base_dir=str(object_store.path("assets")))
 
 
 def alerter() -> Alerter:

@@ -241,8 +241,9 @@ def read_downstream(spec: PipelineSpec, resources: dict[str, Any], day: str) -> 
     @dg.asset(
         partitions_def=pipeline.partitions, ins={"rows": dg.AssetIn(pipeline.key("predictions"))}
     )
-    def retention_offers(rows: pd.DataFrame) -> None:
+    def retention_offers(rows: pd.DataFrame) -> pd.DataFrame:
         received["rows"] = rows
+        return rows[rows["score"] > 0.5]  # stored by the deployment's default IO manager
 
     result = dg.materialize(
         [*pipeline.assets, retention_offers],

@@ -11,6 +11,7 @@ from batch_inference_assets.spec import PipelineSpec
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 WAREHOUSE_POOL = "warehouse"  # bounds concurrent warehouse queries across runs (dagster.yaml)
 PREDICTIONS_IO_MANAGER = "predictions_io_manager"  # hands downstream assets the published rows
+RECORDS_IO_MANAGER = "records_io_manager"  # the small JSON records passed between our steps
 
 
 def key(spec: PipelineSpec, stage: str) -> dg.AssetKey:

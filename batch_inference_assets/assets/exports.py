@@ -2,7 +2,14 @@
 
 import dagster as dg
 
-from batch_inference_assets.assets.common import WAREHOUSE_POOL, daily, day, fail, key
+from batch_inference_assets.assets.common import (
+    RECORDS_IO_MANAGER,
+    WAREHOUSE_POOL,
+    daily,
+    day,
+    fail,
+    key,
+)
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
 from batch_inference_assets.records import ExportedPredictions
@@ -31,6 +38,7 @@ def _export_asset(
         description=f"{what} of the published partition in the object store ({formats}).",
         kinds=set(formats),
         pool=WAREHOUSE_POOL,
+        io_manager_key=RECORDS_IO_MANAGER,
         **daily(spec),
     )
     def export(

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from batch_inference_assets.assets import checks
 from batch_inference_assets.assets.common import (
+    RECORDS_IO_MANAGER,
     WAREHOUSE_POOL,
     blocking_failures,
     daily,
@@ -31,6 +32,7 @@ def source_features_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         description="The partition's feature rows, exported by the warehouse as Parquet files.",
         kinds={"parquet"},
         pool=WAREHOUSE_POOL,
+        io_manager_key=RECORDS_IO_MANAGER,
         **daily(spec),
     )
     def source_features(

@@ -4,7 +4,13 @@ from typing import Any
 
 import dagster as dg
 
-from batch_inference_assets.assets.common import daily, fail, key, training_key
+from batch_inference_assets.assets.common import (
+    RECORDS_IO_MANAGER,
+    daily,
+    fail,
+    key,
+    training_key,
+)
 from batch_inference_assets.models.store import ModelStore
 from batch_inference_assets.records import ModelHandle
 from batch_inference_assets.spec import PipelineSpec
@@ -17,6 +23,7 @@ def model_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         description=f"The model {spec.model.name}@{spec.model.ref} resolved for this partition.",
         kinds={"python" if spec.model.kind == "python" else "lightgbm"},
         deps=[training_key(spec.name, "champion_model")] if spec.training else [],
+        io_manager_key=RECORDS_IO_MANAGER,
         **daily(spec),
     )
     def model(context: dg.AssetExecutionContext, model_store: ModelStore) -> dg.Output[ModelHandle]:

@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow as pa
 
 from batch_inference_assets import progress
-from batch_inference_assets.assets.common import daily, day, fail, key
+from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, daily, day, fail, key
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.models import kinds
 from batch_inference_assets.models.store import ModelStore
@@ -53,6 +53,7 @@ def shard_manifest_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         key=key(spec, "shard_manifest"),
         ins={"export": dg.AssetIn(key(spec, "source_features"))},
         description="The partition's row groups grouped into shards balanced by size.",
+        io_manager_key=RECORDS_IO_MANAGER,
         **daily(spec),
     )
     def shard_manifest(export: Any) -> dg.Output[ShardManifest]:
@@ -82,6 +83,7 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
             backoff=dg.Backoff.EXPONENTIAL,
         ),
         tags={"dagster-k8s/config": shard_pod(spec), SHARD_STEP_TAG: "true"},
+        out=dg.Out(io_manager_key=RECORDS_IO_MANAGER),
     )
     def score_shard(
         context: dg.OpExecutionContext,
@@ -142,12 +144,14 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
 def scored_shards_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     name = spec.name
 
-    @dg.op(name=f"{name}__fan_out_shards", out=dg.DynamicOut(Shard))
+    @dg.op(
+        name=f"{name}__fan_out_shards", out=dg.DynamicOut(Shard, io_manager_key=RECORDS_IO_MANAGER)
+    )
     def fan_out_shards(manifest: ShardManifest) -> Iterator[dg.DynamicOutput[Shard]]:
         for shard in manifest.shards:
             yield dg.DynamicOutput(shard, mapping_key=shard.key)
 
-    @dg.op(name=f"{name}__collect_scores")
+    @dg.op(name=f"{name}__collect_scores", out=dg.Out(io_manager_key=RECORDS_IO_MANAGER))
     def collect_scores(
         manifest: ShardManifest, model: ModelHandle, results: list[ShardScore]
     ) -> dg.Output[ScoredShards]:

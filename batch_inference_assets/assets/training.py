@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from batch_inference_assets.assets import checks
-from batch_inference_assets.assets.common import training_key
+from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, training_key
 from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
@@ -42,6 +42,7 @@ def training_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
         description=f"LightGBM trained on the last {spec.training.window_days} labelled days, "
         f"evaluated on the last {spec.training.holdout_days}.",
         kinds={"lightgbm"},
+        io_manager_key=RECORDS_IO_MANAGER,
     )
     def candidate_model(
         config: TrainingConfig, warehouse: Warehouse, model_store: ModelStore
@@ -85,6 +86,7 @@ def training_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
         ins={"candidate": dg.AssetIn(training_key(name, "candidate_model"))},
         group_name=group,
         description=f"Points {spec.model.name}@{alias} at a candidate that passed the gate.",
+        io_manager_key=RECORDS_IO_MANAGER,
     )
     def champion_model(
         context: dg.AssetExecutionContext, model_store: ModelStore, candidate: CandidateModel

@@ -83,6 +83,15 @@ class S3ObjectStore(ObjectStore):
     def _root(self) -> str:
         return f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
 
+    def s3_resource(self) -> Any:
+        """dagster-aws's S3Resource with these settings (their names are its own), for what
+        dagster-aws does with it, such as its pickling IO manager."""
+        from dagster_aws.s3 import S3Resource
+
+        shared = ("region_name", "endpoint_url", "profile_name", "max_attempts",
+                  "aws_access_key_id", "aws_secret_access_key", "aws_session_token")  # fmt: skip
+        return S3Resource(**{k: getattr(self, k) for k in shared if getattr(self, k) is not None})
+
     @property
     def storage_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {

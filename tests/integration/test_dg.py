@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from batch_inference_assets import load_specs
@@ -196,6 +197,29 @@ def test_a_scaffolded_pipeline_scores_a_day_without_python(
     assert published["n"] == published["ids"] == source.to_pylist()[0]["n"] > 0
     champion = local_resources(root)["model_store"].resolve("churn", "champion")
     assert published["v"] == champion
+
+    # A Python module of the user's own beside it reads those predictions as a DataFrame.
+    (project / "dagster_defs" / "defs" / "reports.py").write_text(REPORTS)
+    report = dg(
+        "launch", "--assets", "retention_offers", "--partition", DAY, cwd=project, env=run_env
+    )
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    offers = pd.read_pickle(root / "object_store" / "assets" / "retention_offers" / DAY)
+    assert 0 < len(offers) < published["n"] and (offers["score"] > 0.8).all()
+
+
+REPORTS = """
+import dagster as dg
+import pandas as pd
+
+
+@dg.asset(
+    partitions_def=dg.DailyPartitionsDefinition(start_date="2026-10-01"),
+    ins={"churn": dg.AssetIn(["retention_risk", "predictions"])},
+)
+def retention_offers(churn: pd.DataFrame) -> pd.DataFrame:
+    return churn[churn["score"] > 0.8][["customer_id", "score"]]
+"""
 
 
 def _scaffolded_start(defs_yaml: Path) -> str:

@@ -154,6 +154,9 @@ def test_graph_on_snowflake_and_s3(
     read = read_downstream(churn_spec, resources, DAY)
     assert sorted(read["customer_id"]) == first.column("customer_id").to_pylist()
     assert read["model_version"].unique().tolist() == list(set(first["model_version"].to_pylist()))
+    # Its own output went to S3 through dagster-aws's pickling IO manager, beside our files.
+    stored = resources["object_store"].path("assets", "retention_offers", DAY)
+    assert stored.exists() and stored.stat().st_size > 0
 
     # Idempotent: re-running a day replaces exactly that day.
     other_before = _predictions(snowflake, OTHER_DAYS[1])

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster_aws.s3 import S3PickleIOManager
 
 from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import S3ObjectStore
@@ -14,9 +15,10 @@ def test_local_is_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     resources = deployment_resources(tmp_path)
     assert isinstance(resources["warehouse"], DuckDBWarehouse)
     assert set(resources) == {
-        "warehouse", "object_store", "model_store", "io_manager", "predictions_io_manager",
-        "alerter", "cost_model",
+        "warehouse", "object_store", "model_store", "io_manager", "records_io_manager",
+        "predictions_io_manager", "alerter", "cost_model",
     }  # fmt: skip
+    assert isinstance(resources["io_manager"], dg.FilesystemIOManager)
 
 
 def test_snowflake_s3_takes_secrets_as_env_vars(
@@ -25,6 +27,8 @@ def test_snowflake_s3_takes_secrets_as_env_vars(
     monkeypatch.setenv("BATCH_INFERENCE_DEPLOYMENT", "snowflake_s3")
     monkeypatch.setenv("BATCH_INFERENCE_ENV", "prod")
     monkeypatch.setenv("SNOWFLAKE_PASSWORD", "secret")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-TEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3-secret")
     monkeypatch.delenv("SNOWFLAKE_FEATURE_SCHEMA", raising=False)
     monkeypatch.delenv("SNOWFLAKE_HOST", raising=False)
     resources = deployment_resources(tmp_path)
@@ -36,6 +40,13 @@ def test_snowflake_s3_takes_secrets_as_env_vars(
         warehouse.schema_name == "FEATURES_PROD" and warehouse.output_schema == "PREDICTIONS_PROD"
     )
     assert store.prefix == "batch-inference/prod"
+    # A user's own assets pickle to the same bucket with dagster-aws, under the same settings.
+    io_manager = resources["io_manager"]
+    assert isinstance(io_manager, S3PickleIOManager)
+    assert io_manager.s3_prefix == "batch-inference/prod/assets"
+    s3 = io_manager.s3_resource._get_non_default_public_field_values()
+    assert isinstance(s3["aws_secret_access_key"], dg.EnvVar)
+    assert s3["aws_secret_access_key"].env_var_name == "AWS_SECRET_ACCESS_KEY"
 
 
 def test_snowflake_key_pair_and_authenticator_from_env_vars(
