@@ -81,7 +81,9 @@ def test_graph_on_duckdb_with_s3_object_and_model_store(
     assert fs.ls(f"{s3_bucket}/bi/churn/features/{DAY}")  # the export went to S3
     scored = fs.ls(f"{s3_bucket}/bi/churn/scored/{DAY}")
     assert len(scored) == len(result.output_for_node("churn__shard_manifest").shards) >= 2
-    assert fs.exists(f"{s3_bucket}/bi/records/churn/predictions/{DAY}.json")
+    assert fs.exists(f"{s3_bucket}/bi/records/churn/scored_shards/{DAY}.json")
+    # The published table is the predictions' only copy: their IO manager stores nothing.
+    assert not fs.exists(f"{s3_bucket}/bi/records/churn/predictions/{DAY}.json")
     rows = warehouse.query(
         f"SELECT COUNT(*) AS n FROM {DEMO_OUTPUT_SCHEMA}.churn_predictions "
         "WHERE partition_date = ?",
