@@ -40,6 +40,9 @@ def drift_stats_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         )
         yield dg.MaterializeResult(
             metadata={
+                "summary": dg.MetadataValue.md(
+                    drift.summary_markdown(report, spec.checks.psi_warn, spec.checks.psi_error)
+                ),
                 **drift.psi_metadata(report),
                 "previous_partition": previous_key or "none",
                 "profile": str(drift.profile_path(object_store, spec.name, context.partition_key)),

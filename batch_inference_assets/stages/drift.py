@@ -1,6 +1,7 @@
 """Drift stats: PSI of the score and each feature against training and the previous partition."""
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -93,3 +94,38 @@ def psi_metadata(report: DriftReport) -> dict[str, float]:
     for k, v in (report.psi_previous or {}).items():
         out[f"psi_vs_previous/{name(k)}"] = v
     return out
+
+
+def summary_markdown(report: DriftReport, warn: float, error: float, worst: int = 5) -> str:
+    """The drift page's lead: the score's PSI, then the features that moved most."""
+
+    def verdict(value: float) -> str:
+        if math.isnan(value):  # nothing to compare
+            return "n/a"
+        return "ERROR" if value >= error else "warn" if value >= warn else "ok"
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    previous = report.psi_previous or {}
+
+    def largest_first(k: str) -> float:
+        value = report.psi_reference[k]
+        return math.inf if math.isnan(value) else -value  # nothing to compare: listed last
+
+    features = sorted((k for k in report.psi_reference if k != stats.SCORE_KEY), key=largest_first)
+    rows = [("score", stats.SCORE_KEY)] + [(k, k) for k in features[:worst]]
+    lines = [
+        f"PSI against training (warn at {warn}, error at {error}) and the previous day.",
+        "",
+        "| | vs training | | vs previous day |",
+        "|---|---|---|---|",
+    ]
+    for label, key in rows:
+        value = report.psi_reference[key]
+        lines.append(
+            f"| **{label}** | {fmt(value)} | {verdict(value)} | {fmt(previous.get(key))} |"
+        )
+    if len(features) > worst:
+        lines.append(f"\n{len(features) - worst} more features: see `psi/<feature>`.")
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ python -m dagster_defs.demo.run [--partition 2026-10-15]
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ def materialize(
         cmd += ["--partition", partition]
     if config:
         cmd += ["--config-json", json.dumps(config)]
-    print("$ dg " + " ".join(cmd[1:]))
+    print("$ " + shlex.join(["dg", *cmd[1:]]))  # pasteable as printed
     log = root / f"demo-{select.replace(':', '-').replace('/', '-')}.log"
     started = time.perf_counter()
     with log.open("w") as out:

@@ -172,4 +172,9 @@ def test_drift_checks_warn_and_error_by_threshold(
     drift = result.asset_materializations_for_node("churn__drift_stats")[0].metadata
     assert drift["psi/monthly_charges"].value > 0.25
     assert drift["psi/tenure"].value < 0.1
+    # The drift page leads with a summary: the score, then the feature that moved most.
+    summary = drift["summary"].value.splitlines()
+    rows = [line for line in summary if line.startswith("| **")]
+    assert rows[0].startswith("| **score** |")
+    assert rows[1].startswith("| **monthly_charges** |") and "| ERROR |" in rows[1]
     assert read_table(resources).num_rows == SEED_CUSTOMERS
