@@ -131,11 +131,24 @@ def moto_s3_with_auth() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def _serving(handler: type) -> Iterator[int]:
+    """A threaded HTTP server on a loopback port with `handler`, shut down on exit."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
 def snowflake_login_refused() -> Iterator[int]:
     """An HTTP peer that answers the connector's login request as Snowflake does a bad password."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -154,20 +167,15 @@ def snowflake_login_refused() -> Iterator[int]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
+    with _serving(Handler) as port:
+        yield port
 
 
 @contextlib.contextmanager
 def s3_internal_errors() -> Iterator[tuple[str, list[str]]]:
     """An S3 endpoint that answers every request with a 500 InternalError (which botocore
     retries); yields its URL and the requests it received."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     received: list[str] = []
     body = (
@@ -191,20 +199,15 @@ def s3_internal_errors() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", received
-    finally:
-        server.shutdown()
+    with _serving(Handler) as port:
+        yield f"http://127.0.0.1:{port}", received
 
 
 @contextlib.contextmanager
 def webhook_recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A local HTTP endpoint that records every JSON body POSTed to it."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     received: list[dict[str, Any]] = []
 
@@ -218,12 +221,8 @@ def webhook_recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hooks/alerts", received
-    finally:
-        server.shutdown()
+    with _serving(Handler) as port:
+        yield f"http://127.0.0.1:{port}/hooks/alerts", received
 
 
 def _free_port() -> int:

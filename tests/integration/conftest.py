@@ -56,3 +56,14 @@ def production_instance(
                 "AWS_DEFAULT_REGION": "us-east-1",
             },
         )
+
+
+@pytest.fixture(params=["duckdb", "snowflake"])
+def each_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty warehouse of each kind: a DuckDB file, and a fakesnow database."""
+    from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
+    from tests.servers import snowflake_warehouse_on
+
+    if request.param == "duckdb":
+        return DuckDBWarehouse(database=str(tmp_path / "w.duckdb"), output_schema="predictions")
+    return snowflake_warehouse_on(request.getfixturevalue("snowflake_server"))

@@ -18,7 +18,6 @@ from batch_inference_assets.io.warehouse import PublishRequest, QueryTag, Wareho
 from batch_inference_assets.models.store import ModelStore
 from batch_inference_assets.records import PublishedPartition
 from dagster_defs.deployments import role_resources
-from tests.servers import snowflake_warehouse_on
 
 DAYS = ("2026-10-14", "2026-10-15")
 PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-10-01")
@@ -110,11 +109,9 @@ def _assets(received: dict[str, pd.DataFrame]) -> list[dg.AssetsDefinition]:
     return [predictions, churn_day, churn_two_days]
 
 
-@pytest.fixture(params=["duckdb", "snowflake"])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
-    if request.param == "duckdb":
-        return DuckDBWarehouse(database=str(tmp_path / "w.duckdb"), output_schema="predictions")
-    return snowflake_warehouse_on(request.getfixturevalue("snowflake_server"))
+@pytest.fixture
+def warehouse(each_warehouse: Warehouse) -> Warehouse:
+    return each_warehouse
 
 
 @pytest.fixture

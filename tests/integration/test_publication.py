@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inference_assets.contracts import Column, Contract
-from batch_inference_assets.io.duckdb_warehouse import DuckDBWarehouse
 from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.io.snowflake_warehouse import SnowflakeWarehouse
 from batch_inference_assets.io.warehouse import (
@@ -21,7 +20,6 @@ from batch_inference_assets.io.warehouse import (
     Warehouse,
     WarehouseError,
 )
-from tests.servers import snowflake_warehouse_on
 
 DAY, OTHER_DAY = date(2026, 10, 15), date(2026, 10, 14)
 CONTRACT = Contract.of([
@@ -31,11 +29,9 @@ CONTRACT = Contract.of([
 ])  # fmt: skip
 
 
-@pytest.fixture(params=["duckdb", "snowflake"])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
-    if request.param == "duckdb":
-        return DuckDBWarehouse(database=str(tmp_path / "w.duckdb"), output_schema="predictions")
-    return snowflake_warehouse_on(request.getfixturevalue("snowflake_server"))
+@pytest.fixture
+def warehouse(each_warehouse: Warehouse) -> Warehouse:
+    return each_warehouse
 
 
 @pytest.fixture
