@@ -31,7 +31,10 @@ def shared_definitions(
     return dg.Definitions(
         jobs=[retention_job],
         schedules=[retention_schedule],
-        sensors=[build_check_alert_sensor(pipelines), build_run_failure_alert_sensor()],
+        sensors=[
+            build_check_alert_sensor(pipelines),
+            build_run_failure_alert_sensor([p.spec.name for p in pipelines]),
+        ],
         resources=resources,
         executor=executor,
     )

@@ -156,10 +156,44 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bo
 
 
 _EXIT_STATUS: list[int] = []
+# Every process the suite starts inherits this, so the end of the session can find leftovers.
+SESSION_MARK = "BI_TEST_SESSION"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import uuid
+
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+def _leftovers() -> list[Any]:
+    import psutil
+
+    mark, me = os.environ.get(SESSION_MARK), os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.pid != me and proc.environ().get(SESSION_MARK) == mark:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _EXIT_STATUS.append(int(exitstatus))
+    """No process a test started may outlive the suite: wait a little, then fail and stop them."""
+    import time
+
+    deadline = time.monotonic() + 15
+    while (left := _leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        names = sorted(f"{p.pid} {' '.join(p.cmdline()[:4])}" for p in left)
+        sys.stderr.write("processes started by the tests outlived them:\n  " + "\n  ".join(names))
+        for proc in left:
+            proc.kill()
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _EXIT_STATUS.append(int(session.exitstatus))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

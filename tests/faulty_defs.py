@@ -55,7 +55,9 @@ def build() -> dg.Definitions:
         marker=os.environ.get("BI_TEST_FAULT_MARKER", str(root / "no-fault")),
         mode=os.environ.get("BI_TEST_FAULT_MODE", "raise"),
     )
-    resources.update(object_store=store, io_manager=RecordIOManagerFactory(object_store=store))
+    resources.update(
+        object_store=store, records_io_manager=RecordIOManagerFactory(object_store=store)
+    )
     in_process = os.environ.get("BI_TEST_EXECUTOR") == "in_process"
     return build_definitions(
         resources,

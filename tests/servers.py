@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,3 +275,23 @@ def postgres_server() -> Iterator[dict[str, str]]:
                 [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                 capture_output=True, check=False,
             )  # fmt: skip
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started (the
+    webserver and daemon of `dagster dev`, say), so no process outlives the test."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(proc.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)

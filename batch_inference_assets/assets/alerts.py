@@ -120,12 +120,23 @@ def step_failure_message(event: dg.DagsterEvent) -> str:
     return data.error.message.strip() if data.error else "step failed"
 
 
-def build_run_failure_alert_sensor() -> dg.SensorDefinition:
-    # Every job of the code location: UI and CLI materializations run as __ASSET_JOB.
+def run_pipelines(run: dg.DagsterRun, steps: Sequence[str], known: Sequence[str]) -> list[str]:
+    """Which of our pipelines a run belongs to: from its `pipeline` tag (our jobs), its asset
+    selection (UI and CLI materializations) or its steps; none for another team's run."""
+    names = {run.tags.get("pipeline", "")}
+    names |= {k.path[0].removesuffix("_training") for k in run.asset_selection or ()}
+    names |= {s.split("__", 1)[0] for s in steps if "__" in s}
+    return sorted(names & set(known))
+
+
+def build_run_failure_alert_sensor(pipelines: Sequence[str]) -> dg.SensorDefinition:
+    # Every code location of the instance: `dagster asset materialize -m` and `dg launch` runs
+    # carry a location named after the module, not this one, and must alert too.
     @dg.run_failure_sensor(
         name="run_failure_alerts",
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Alerts once for every failed pipeline run.",
+        description="Alerts once for every failed pipeline run, however it was launched.",
+        monitor_all_code_locations=True,
     )
     def sensor(context: dg.RunFailureSensorContext, alerter: Alerter) -> None:
         run = context.dagster_run
@@ -136,8 +147,10 @@ def build_run_failure_alert_sensor() -> dg.SensorDefinition:
             if failures
             else (context.failure_event.message or "run failed")
         )
-        pipelines = sorted({s.split("__", 1)[0] for s in steps if "__" in s})
-        pipeline = ", ".join(pipelines) or run.job_name
+        ours = run_pipelines(run, steps, pipelines)
+        if not ours:
+            return
+        pipeline = ", ".join(ours)
         partition = run.tags.get("dagster/partition")
         alerter.send(
             {

@@ -11,6 +11,7 @@ from batch_inference_assets.assets.alerts import (
     Alerter,
     build_check_alert_sensor,
     build_run_failure_alert_sensor,
+    run_pipelines,
 )
 from tests.conftest import DAY, OTHER_DAYS
 from tests.servers import webhook_recorder
@@ -105,7 +106,7 @@ def test_failed_runs_alert_once(
     churn_spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> None:
     pipeline = build_pipeline(churn_spec)
-    sensor = build_run_failure_alert_sensor()
+    sensor = build_run_failure_alert_sensor([churn_spec.name])
     defs = dg.Definitions(assets=pipeline.assets, sensors=[sensor], resources=resources)
     repo = defs.get_repository_def()
     with webhook_recorder() as (url, received):
@@ -136,3 +137,19 @@ def test_failed_runs_alert_once(
         assert "partition_is_not_empty failed" in alert["message"]
         tick()
         assert len(received) == 1  # exactly once
+
+
+def test_a_run_is_ours_by_tag_asset_selection_or_steps() -> None:
+    def run(**kwargs: Any) -> dg.DagsterRun:
+        return dg.DagsterRun(job_name="__ASSET_JOB", run_id="r", **kwargs)
+
+    known = ["churn", "demand"]
+    assert run_pipelines(run(tags={"pipeline": "demand"}), [], known) == ["demand"]
+    ui = run(asset_selection=frozenset({dg.AssetKey(["churn", "predictions"])}))
+    assert run_pipelines(ui, [], known) == ["churn"]
+    training = run(asset_selection=frozenset({dg.AssetKey(["churn_training", "candidate_model"])}))
+    assert run_pipelines(training, [], known) == ["churn"]
+    assert run_pipelines(run(), ["churn__source_features"], known) == ["churn"]
+    # Another team's run in the same instance is not ours to alert on.
+    other = run(asset_selection=frozenset({dg.AssetKey(["finance", "ledger"])}))
+    assert run_pipelines(other, ["finance__close_books"], known) == []

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from batch_inference_assets.spec import PipelineSpec
 from dagster_defs.definitions import PIPELINES_DIR
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
 from tests.conftest import DAY, read_table
+from tests.servers import stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -290,12 +290,7 @@ def test_dg_dev_serves_the_code_location_with_described_checks(
             assert check["description"] == checks.REGISTRY[name].description
             assert check["blocking"] == checks.REGISTRY[name].blocking
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def load_spec_named(name: str) -> PipelineSpec:

@@ -1,6 +1,7 @@
 """What operators do in the UI, over GraphQL against a `dagster dev` started here:
 re-execute a failed run from failure, and backfill a range (also from the CLI)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,15 @@ import yaml
 from batch_inference_assets import build_pipeline, load_spec
 from dagster_defs.definitions import PIPELINES_DIR
 from dagster_defs.deployments import local_resources
-from tests.conftest import DAY, RERUN_AFTER_SHARD_00001, SEED_CUSTOMERS, write_test_pipelines
+from tests.conftest import (
+    DAY,
+    EMPTY_DAY,
+    RERUN_AFTER_SHARD_00001,
+    SEED_CUSTOMERS,
+    materialize_cli,
+    write_test_pipelines,
+)
+from tests.servers import stop_group, webhook_recorder
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -31,8 +40,10 @@ STABLE = ["customer_id", "score", "label", "model_version", "partition_date"]
 
 
 class Dagster:
-    def __init__(self, url: str, root: Path, home: Path, env: dict[str, str]) -> None:
-        self.url, self.root, self.home, self.env = url, root, home, env
+    def __init__(
+        self, url: str, root: Path, home: Path, env: dict[str, str], alerts: list[dict[str, Any]]
+    ) -> None:
+        self.url, self.root, self.home, self.env, self.alerts = url, root, home, env, alerts
 
     def gql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
@@ -118,14 +129,17 @@ def dagster(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "BI_TEST_FAULT_MODE": "raise",
         "BI_TEST_EXECUTOR": "in_process",
     }
+    hook = contextlib.ExitStack()
+    url, alerts = hook.enter_context(webhook_recorder())
+    env["BATCH_INFERENCE_ALERT_WEBHOOK_URL"] = url
     port = _free_port()
     log = (base / "dagster-dev.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1",
          "-p", str(port)],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    client = Dagster(f"http://127.0.0.1:{port}", root, home, env)
+    client = Dagster(f"http://127.0.0.1:{port}", root, home, env, alerts)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -147,12 +161,9 @@ def dagster(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             time.sleep(1)
         yield client
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)  # dagster dev, its webserver and its daemon
         log.close()
+        hook.close()
 
 
 LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
@@ -276,3 +287,29 @@ def test_run_timeout_is_enforced_by_run_monitoring(dagster: Dagster) -> None:
         marker.unlink()
     assert run["status"] in ("FAILURE", "CANCELED")
     assert time.monotonic() - started < 90  # the hang alone would last 600 s
+
+
+def test_a_failed_cli_run_alerts_once_through_the_daemon(dagster: Dagster) -> None:
+    """`dagster asset materialize -m` (and `dg launch`, which runs it) names its own code
+    location; the daemon's run-failure sensor of this one must still alert on its runs."""
+    cli_env = {k: v for k, v in dagster.env.items() if k.startswith(("BI_TEST_", "BATCH_"))}
+    failed = materialize_cli("key:churn/*", EMPTY_DAY, dagster.home, cli_env, "tests.faulty_defs")
+    assert failed.returncode != 0  # the day has no source rows
+    with dg.DagsterInstance.from_config(str(dagster.home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+    assert run.status == dg.DagsterRunStatus.FAILURE
+
+    def alerts() -> list[dict[str, Any]]:
+        return [
+            a for a in dagster.alerts if a["kind"] == "run_failed" and a["run_id"] == run.run_id
+        ]
+
+    deadline = time.monotonic() + 150
+    while not alerts() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert len(alerts()) == 1, dagster.alerts
+    alert = alerts()[0]
+    assert alert["pipeline"] == "churn" and alert["partition"] == EMPTY_DAY
+    assert "partition_is_not_empty failed" in alert["message"]
+    time.sleep(35)  # another sensor tick: still exactly once
+    assert len(alerts()) == 1
