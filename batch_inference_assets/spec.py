@@ -334,6 +334,11 @@ class PipelineSpec(_Strict):
     description: str = ""
     owner: str = ""
     start_date: date = Field(description="The first daily partition, YYYY-MM-DD (quoted).")
+    end_date: date | None = Field(
+        default=None,
+        description="The last daily partition, inclusive (quoted); default: none, the "
+        "partitions run up to yesterday. Set it when the source data stops.",
+    )
     timezone: str = Field(default="UTC", description="Of the daily partitions.")
     features: FeatureQuery = Field(description="The feature query and the ids of a row.")
     model: ModelSpec = Field(description="Which model scores, by name and alias or version.")
@@ -356,6 +361,19 @@ class PipelineSpec(_Strict):
     @classmethod
     def _name_is_identifier(cls, v: str) -> str:
         return validate_identifier(v, "pipeline name")
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> "PipelineSpec":
+        if self.end_date is not None and self.end_date < self.start_date:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [_at(("end_date",), f"{self.end_date} is before start_date {self.start_date}")],
+            )
+        return self
+
+    def past_end(self, day: date) -> bool:
+        """Whether `day` is past the pipeline's last partition."""
+        return self.end_date is not None and day > self.end_date
 
     @model_validator(mode="after")
     def _output_columns_are_complete(self) -> "PipelineSpec":

@@ -39,6 +39,8 @@ def build_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition:
         day = (tick - timedelta(days=sched.days_back)).date()
         if day < spec.start_date:
             return dg.SkipReason(f"{day} is before the pipeline's start date {spec.start_date}")
+        if spec.past_end(day):
+            return dg.SkipReason(f"{day} is after the pipeline's end date {spec.end_date}")
         return dg.RunRequest(
             run_key=f"{spec.name}:{day.isoformat()}",
             partition_key=day.isoformat(),
@@ -111,7 +113,7 @@ def build_landing_sensor(pipeline: Pipeline, clock: Clock = _utc_now) -> dg.Sens
         requested = []
         for day in window:
             key = day.isoformat()
-            if key in fired:
+            if key in fired or spec.past_end(day):
                 continue
             sql, params = template.render(
                 schema=warehouse.feature_schema, values={"partition_date": day}

@@ -1,6 +1,6 @@
 """What every asset module shares: keys, the partition's day, failures that name the pipeline."""
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -30,8 +30,11 @@ def daily(spec: PipelineSpec) -> dict[str, Any]:
 
 
 def partitions(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
+    end = spec.end_date + timedelta(days=1) if spec.end_date else None  # Dagster's is exclusive
     return dg.DailyPartitionsDefinition(
-        start_date=spec.start_date.isoformat(), timezone=spec.timezone
+        start_date=spec.start_date.isoformat(),
+        end_date=end.isoformat() if end else None,
+        timezone=spec.timezone,
     )
 
 

@@ -31,7 +31,12 @@ def _with_repository(
 def test_schedule_scores_the_previous_day(
     churn_spec: PipelineSpec, resources: dict[str, Any]
 ) -> None:
-    schedule, repo = _with_repository(churn_spec, resources)
+    # The demo ships with its schedule off (its days are past); a pipeline turns it on.
+    assert build_schedule(build_pipeline(churn_spec)).default_status == (
+        dg.DefaultScheduleStatus.STOPPED
+    )
+    on = churn_spec.schedule.model_copy(update={"enabled": True})
+    schedule, repo = _with_repository(churn_spec.model_copy(update={"schedule": on}), resources)
     assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     ctx = dg.build_schedule_context(
@@ -202,3 +207,20 @@ def test_bad_cron_fails_at_load(churn_spec: PipelineSpec, cron: str) -> None:
     raw["schedule"]["cron"] = cron
     with pytest.raises(SpecError, match=r"schedule.cron"):
         parse_spec(raw, source="churn.yaml")
+
+
+def test_no_partition_or_scheduled_run_after_the_end_date(
+    churn_spec: PipelineSpec, resources: dict[str, Any]
+) -> None:
+    assert churn_spec.end_date is not None  # the demo data's last day
+    pipeline = build_pipeline(churn_spec)
+    keys = pipeline.partitions.get_partition_keys()
+    assert keys[0] == churn_spec.start_date.isoformat()
+    assert keys[-1] == churn_spec.end_date.isoformat()
+    schedule, repo = _with_repository(churn_spec, resources)
+    after = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 3, 2, tzinfo=UTC), repository_def=repo
+    )
+    assert "after the pipeline's end date 2026-10-31" in (
+        schedule.evaluate_tick(after).skip_message or ""
+    )

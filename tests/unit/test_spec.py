@@ -104,3 +104,13 @@ def test_a_defs_yaml_error_names_file_field_and_line(tmp_path: Path, raw_churn: 
         SpecError, match=rf"  output.columns: .*'score' must be float64.*\(line {columns}\)"
     ):
         load_spec(write_pipeline(tmp_path, raw_churn))
+
+
+def test_an_end_date_before_the_start_is_named(tmp_path: Path, raw_churn: dict) -> None:
+    raw_churn["end_date"] = "2026-09-30"
+    path = write_pipeline(tmp_path, raw_churn)
+    line = next(i for i, s in enumerate(path.read_text().splitlines(), 1) if "end_date:" in s)
+    with pytest.raises(
+        SpecError, match=rf"  end_date: .*before start_date 2026-10-01 \(line {line}\)"
+    ):
+        load_spec(path)
