@@ -4,12 +4,13 @@ import json
 import logging
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
-from batch_inference_assets.assets.pipeline import Pipeline
+if TYPE_CHECKING:
+    from batch_inference_assets.assets.pipeline import Pipeline
 
 logger = logging.getLogger("batch_inference.alerts")
 
@@ -72,7 +73,7 @@ def check_failure_payload(
 
 
 def build_check_alert_sensor(
-    pipelines: Sequence[Pipeline], interval_seconds: int = 60
+    pipelines: Sequence["Pipeline"], interval_seconds: int = 60
 ) -> dg.SensorDefinition:
     """Reads check history (WARN failures do not fail runs, so run sensors miss them).
 
@@ -140,16 +141,16 @@ def build_run_failure_alert_sensor(pipelines: Sequence[str]) -> dg.SensorDefinit
     )
     def sensor(context: dg.RunFailureSensorContext, alerter: Alerter) -> None:
         run = context.dagster_run
-        steps = [e.step_key for e in context.get_step_failure_events() if e.step_key]
         failures = context.get_step_failure_events()
+        steps = [e.step_key for e in failures if e.step_key]
+        ours = run_pipelines(run, steps, pipelines)
+        if not ours:
+            return
         message = (
             step_failure_message(failures[0])
             if failures
             else (context.failure_event.message or "run failed")
         )
-        ours = run_pipelines(run, steps, pipelines)
-        if not ours:
-            return
         pipeline = ", ".join(ours)
         partition = run.tags.get("dagster/partition")
         alerter.send(

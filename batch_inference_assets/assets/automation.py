@@ -3,14 +3,17 @@
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from batch_inference_assets.assets.pipeline import Pipeline
 from batch_inference_assets.assets.training import training_run_config
 from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.sql import SqlTemplate
+
+if TYPE_CHECKING:  # pipeline.py builds these; only the annotation is needed here
+    from batch_inference_assets.assets.pipeline import Pipeline
 
 Clock = Callable[[], datetime]
 
@@ -23,7 +26,7 @@ def _status(enabled: bool) -> dg.DefaultScheduleStatus:
     return dg.DefaultScheduleStatus.RUNNING if enabled else dg.DefaultScheduleStatus.STOPPED
 
 
-def build_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition:
+def build_schedule(pipeline: "Pipeline") -> dg.ScheduleDefinition:
     spec, sched = pipeline.spec, pipeline.spec.schedule
 
     @dg.schedule(
@@ -50,7 +53,7 @@ def build_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition:
     return schedule
 
 
-def build_training_schedule(pipeline: Pipeline) -> dg.ScheduleDefinition | None:
+def build_training_schedule(pipeline: "Pipeline") -> dg.ScheduleDefinition | None:
     """`<p>_train_schedule` when the training section has a schedule."""
     training = pipeline.spec.training
     if training is None or training.schedule is None or pipeline.training_job is None:
@@ -83,7 +86,9 @@ def landing_window(today: date, lookback_days: int, first: date) -> list[date]:
     return [d for d in days if d >= first]
 
 
-def build_landing_sensor(pipeline: Pipeline, clock: Clock = _utc_now) -> dg.SensorDefinition | None:
+def build_landing_sensor(
+    pipeline: "Pipeline", clock: Clock = _utc_now
+) -> dg.SensorDefinition | None:
     """Requests each day's run once its source rows exist; late days still fire once.
 
     The cursor holds the days already requested within the window, so a restart (or a

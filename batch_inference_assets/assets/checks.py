@@ -92,8 +92,13 @@ def specs(key: dg.AssetKey, names: Sequence[str]) -> list[dg.AssetCheckSpec]:
     ]
 
 
-def blocking(names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(n for n in names if REGISTRY[n].blocking)
+def blocking_failures(results: list[dg.AssetCheckResult]) -> list[str]:
+    """The failed blocking checks among `results`, each with its description."""
+    return [
+        f"{r.check_name} failed ({r.description})"
+        for r in results
+        if r.check_name and REGISTRY[r.check_name].blocking and not r.passed
+    ]
 
 
 def prediction_bound_checks(spec: PipelineSpec) -> list[str]:

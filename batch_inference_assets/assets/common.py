@@ -46,13 +46,3 @@ def fail(
     spec: PipelineSpec, context: Context, stage: str, cause: str, retryable: bool = False
 ) -> PipelineFailure:
     return PipelineFailure(spec.name, context.partition_key, stage, cause, retryable)
-
-
-def blocking_failures(results: list[dg.AssetCheckResult]) -> list[str]:
-    from batch_inference_assets.assets.checks import REGISTRY
-
-    return [
-        f"{r.check_name} failed ({r.description})"
-        for r in results
-        if r.check_name and REGISTRY[r.check_name].blocking and not r.passed
-    ]

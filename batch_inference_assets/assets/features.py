@@ -10,7 +10,6 @@ from batch_inference_assets.assets import checks
 from batch_inference_assets.assets.common import (
     RECORDS_IO_MANAGER,
     WAREHOUSE_POOL,
-    blocking_failures,
     daily,
     day,
     fail,
@@ -78,7 +77,7 @@ def source_features_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
             },
         )
         yield from results
-        failures = blocking_failures(results)
+        failures = checks.blocking_failures(results)
         if failures:
             raise fail(spec, context, "source_features", "; ".join(failures))
 

@@ -5,6 +5,7 @@ from typing import Any
 
 import dagster as dg
 
+from batch_inference_assets.assets import automation
 from batch_inference_assets.assets.common import key, partitions
 from batch_inference_assets.assets.drift import drift_stats_asset
 from batch_inference_assets.assets.exports import export_assets
@@ -39,8 +40,6 @@ class Pipeline:
     def definitions(self) -> dg.Definitions:
         """Assets, jobs, the daily schedule, and the landing sensor and retraining schedule
         when the spec asks for them."""
-        from batch_inference_assets.assets import automation
-
         schedules = [automation.build_schedule(self)]
         sensors = []
         if (retrain := automation.build_training_schedule(self)) is not None:

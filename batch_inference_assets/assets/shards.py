@@ -25,8 +25,6 @@ from batch_inference_assets.spec import PipelineSpec
 from batch_inference_assets.stages import model as model_stage
 from batch_inference_assets.stages import scoring, shards
 
-SHARD_STEP_TAG = "batch_inference/shard_step"
-
 
 def score_op_name(pipeline: str) -> str:
     """The op that scores one shard: the step that fans out, one per shard."""
@@ -82,7 +80,7 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
             delay=spec.retries.delay_seconds,
             backoff=dg.Backoff.EXPONENTIAL,
         ),
-        tags={"dagster-k8s/config": shard_pod(spec), SHARD_STEP_TAG: "true"},
+        tags={"dagster-k8s/config": shard_pod(spec)},
         out=dg.Out(io_manager_key=RECORDS_IO_MANAGER),
     )
     def score_shard(
