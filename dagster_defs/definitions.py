@@ -1,6 +1,8 @@
 """The code location `batch_inference`: every BatchInferencePipeline component in defs/, plus
 what spans pipelines (alert sensors, retention), on the chosen deployment's resources."""
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from dagster_defs.executors import MULTIPROCESS, chosen_executor
 
 PROJECT_ROOT = Path(__file__).parent.parent
 PIPELINES_DIR = Path(defs_folder.__file__).parent / "pipelines"
+logger = logging.getLogger("batch_inference")
 
 
 def shared_definitions(
@@ -54,6 +57,62 @@ def build_definitions(
     )
 
 
+def _innermost(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def unloaded_pipeline(folder: Path, error: BaseException) -> dg.Definitions:
+    """What the UI shows in place of a pipeline whose files do not load: one asset in the
+    pipeline's group whose description is the error (file, line, field). Its schedule and
+    sensors are absent until the file is fixed; every other pipeline is unaffected."""
+    name = folder.name
+    where = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
+    text = str(_innermost(error)).replace(str(PROJECT_ROOT) + "/", "")
+    logger.error("pipeline %s (%s) did not load; the others did:\n%s", name, where, text)
+    return dg.Definitions(
+        assets=[
+            dg.AssetSpec(
+                key=dg.AssetKey([name, "pipeline_not_loaded"]),
+                group_name=name,
+                description=(
+                    f"Pipeline `{name}` did not load ({where}), so its assets, schedule and "
+                    f"sensors are missing until it is fixed. `dg check defs` shows the same "
+                    f"error:\n\n```\n{text}\n```"
+                ),
+                metadata={"folder": str(where), "error": dg.MetadataValue.md(f"```\n{text}\n```")},
+                kinds={"error"},
+            )
+        ]
+    )
+
+
+def pipeline_definitions(tree: dg.ComponentTree) -> tuple[list[Pipeline], list[dg.Definitions]]:
+    """Each pipeline folder built on its own, so one broken file never unloads the others.
+
+    Under `dg check defs` / `dagster definitions validate` (DAGSTER_IS_DEFS_VALIDATION_CLI) a
+    broken pipeline fails the check instead, so CI and the CLI report it with file and line.
+    """
+    strict = os.environ.get("DAGSTER_IS_DEFS_VALIDATION_CLI") == "1"
+    pipelines, built = [], []
+    for entry in sorted(tree.defs_module_path.iterdir()):
+        if entry.name.startswith(("_", ".")):
+            continue
+        if entry.name != "pipelines":
+            built.append(tree.build_defs(entry))
+            continue
+        for folder in sorted(f for f in entry.iterdir() if (f / "defs.yaml").exists()):
+            try:
+                built.append(tree.build_defs(folder))
+                pipelines.append(tree.load_component(folder, BatchInferencePipeline).pipeline)
+            except Exception as error:
+                if strict:
+                    raise
+                built.append(unloaded_pipeline(folder, error))
+    return pipelines, built
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     # Read when Dagster loads the code location, never at import.
@@ -64,12 +123,12 @@ def defs() -> dg.Definitions:
     if elsewhere:
         return build_definitions(resources, Path(elsewhere), executor)
     tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=PROJECT_ROOT)
-    pipelines = [c.pipeline for c in tree.get_all_components(of_type=BatchInferencePipeline)]
-    # The defs folder, not the tree's root: the root also imports every installed component
+    # Folder by folder, not the tree's root: the root also imports every installed component
     # library for the UI's component catalogue (dagster-snowflake's alone takes ~3 s), and
     # every step process loads these definitions again.
+    pipelines, built = pipeline_definitions(tree)
     return dg.Definitions.merge(
-        tree.build_defs(tree.defs_module_path),
+        *built,
         dg.Definitions(component_tree=tree),
         shared_definitions(pipelines, resources, executor),
     )

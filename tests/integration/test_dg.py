@@ -148,6 +148,37 @@ def test_a_broken_defs_yaml_is_reported_with_file_line_and_field(project: Path) 
     assert "column 'label': lightgbm_regression models have no label" in out
 
 
+def test_a_broken_pipeline_never_unloads_the_healthy_ones(project: Path) -> None:
+    path = project / "dagster_defs" / "defs" / "pipelines" / "demand" / "defs.yaml"
+    text = path.read_text()
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if s.strip().startswith("ref:"))
+    path.write_text(text.replace("ref: champion", "ref: [champion]", 1))
+    where = f"dagster_defs/defs/pipelines/demand/defs.yaml:{line}"
+
+    # The running deployment (UI, daemon, runs) keeps every healthy pipeline whole ...
+    listed = dg("list", "defs", "--json", cwd=project)
+    assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
+    defs = json.loads(listed.stdout)
+    assets = {a["asset_key"]: a for a in defs["assets"]}
+    names = {kind: {d["name"] for d in defs[kind]} for kind in ("jobs", "schedules", "sensors")}
+    churn = expected(load_spec_named("churn"))
+    assert churn["assets"] <= set(assets)
+    for kind in ("jobs", "schedules", "sensors"):
+        assert churn[kind] <= names[kind], kind
+    assert not {a for a in assets if a.startswith("demand/") and a != "demand/pipeline_not_loaded"}
+    assert "demand_daily" not in names["jobs"]
+    # ... and shows the broken one as one asset in its group whose description is the error.
+    shown = assets["demand/pipeline_not_loaded"]
+    assert shown["group_name"] == "demand", shown
+    assert where in shown["description"] and "attributes.model.ref" in shown["description"]
+
+    # The CLI check fails on it with the same file, line and field.
+    checked = dg("check", "defs", cwd=project)
+    out = checked.stdout + checked.stderr
+    assert checked.returncode != 0
+    assert "attributes.model.ref" in out and f"demand/defs.yaml:{line}" in out
+
+
 def test_dg_launch_scores_one_partition_of_the_shipped_project(
     run_env: dict[str, str], root: Path
 ) -> None:
