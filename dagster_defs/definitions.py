@@ -14,13 +14,17 @@ from batch_inference_assets.assets.alerts import (
     build_check_alert_sensor,
     build_run_failure_alert_sensor,
 )
+from batch_inference_assets.assets.common import pool
 from batch_inference_assets.assets.retention import build_retention_job
+from batch_inference_assets.assets.runs import build_pool_sensor, build_run_identity_sensor
 from dagster_defs import defs as defs_folder
 from dagster_defs.deployments import deployment_resources
 from dagster_defs.executors import MULTIPROCESS, chosen_executor
 
 PROJECT_ROOT = Path(__file__).parent.parent
 PIPELINES_DIR = Path(defs_folder.__file__).parent / "pipelines"
+# What workspace.yaml, `[tool.dg.project] code_location_name` and the daemon call this location.
+LOCATION_NAME = "batch_inference"
 logger = logging.getLogger("batch_inference")
 
 
@@ -28,6 +32,7 @@ def shared_definitions(
     pipelines: Sequence[Pipeline],
     resources: dict[str, Any],
     executor: dg.ExecutorDefinition | None,
+    location_name: str = LOCATION_NAME,
 ) -> dg.Definitions:
     """What belongs to the code location rather than to one pipeline."""
     retention_job, retention_schedule = build_retention_job([p.spec.name for p in pipelines])
@@ -37,6 +42,10 @@ def shared_definitions(
         sensors=[
             build_check_alert_sensor(pipelines),
             build_run_failure_alert_sensor([p.spec.name for p in pipelines]),
+            build_run_identity_sensor(
+                {p.spec.name: p.spec.timeouts.run_seconds for p in pipelines}, location_name
+            ),
+            build_pool_sensor([pool(p.spec) for p in pipelines]),
         ],
         resources=resources,
         executor=executor,
@@ -48,12 +57,14 @@ def build_definitions(
     pipelines_dir: Path = PIPELINES_DIR,
     executor: dg.ExecutorDefinition | None = MULTIPROCESS,
     specs: list[Any] | None = None,
+    location_name: str = LOCATION_NAME,
 ) -> dg.Definitions:
     """The code location from pipeline specs in any folder (`**/defs.yaml`), built the way
     the component builds them: for tests, benchmarks and a folder outside the project."""
     pipelines = [build_pipeline(s) for s in (load_specs(pipelines_dir) if specs is None else specs)]
     return dg.Definitions.merge(
-        *(p.definitions() for p in pipelines), shared_definitions(pipelines, resources, executor)
+        *(p.definitions() for p in pipelines),
+        shared_definitions(pipelines, resources, executor, location_name),
     )
 
 

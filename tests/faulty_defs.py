@@ -63,6 +63,7 @@ def build() -> dg.Definitions:
         resources,
         Path(os.environ["BI_TEST_PIPELINES_DIR"]),
         executor=dg.in_process_executor if in_process else MULTIPROCESS,
+        location_name=os.environ.get("BI_TEST_LOCATION", "faulty"),
     )
 
 

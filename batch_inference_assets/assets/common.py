@@ -9,7 +9,6 @@ from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.spec import PipelineSpec
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
-WAREHOUSE_POOL = "warehouse"  # bounds concurrent warehouse queries across runs (dagster.yaml)
 PREDICTIONS_IO_MANAGER = "predictions_io_manager"  # hands downstream assets the published rows
 RECORDS_IO_MANAGER = "records_io_manager"  # the small JSON records passed between our steps
 
@@ -24,9 +23,19 @@ def training_key(pipeline: str, stage: str) -> dg.AssetKey:
     return dg.AssetKey([f"{pipeline}_training", stage])
 
 
-def daily(spec: PipelineSpec) -> dict[str, Any]:
-    """Group and partitions of a pipeline's daily assets."""
-    return {"group_name": spec.name, "partitions_def": partitions(spec)}
+def pool(spec: PipelineSpec) -> str:
+    """The pipeline's concurrency pool. Every op of the pipeline is in it, and the instance
+    counts pools per run (`concurrency.pools.granularity: run`), so its limit caps how many runs
+    of the pipeline are in progress however they were launched (UI, backfill, schedule, sensor,
+    re-execution). Set a pipeline's limit with `dagster instance concurrency set <pool> N`."""
+    return f"batch_inference.{spec.name}"
+
+
+def daily(spec: PipelineSpec, graph: bool = False) -> dict[str, Any]:
+    """Group, partitions and pool of a pipeline's daily assets (a graph asset's pool is on
+    its ops)."""
+    found = {"group_name": spec.name, "partitions_def": partitions(spec)}
+    return found if graph else {**found, "pool": pool(spec)}
 
 
 def partitions(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:

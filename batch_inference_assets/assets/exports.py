@@ -4,7 +4,6 @@ import dagster as dg
 
 from batch_inference_assets.assets.common import (
     RECORDS_IO_MANAGER,
-    WAREHOUSE_POOL,
     daily,
     day,
     fail,
@@ -37,7 +36,6 @@ def _export_asset(
         deps=[key(spec, "predictions")],  # reads the published table itself
         description=f"{what} of the published partition in the object store ({formats}).",
         kinds=set(formats),
-        pool=WAREHOUSE_POOL,
         io_manager_key=RECORDS_IO_MANAGER,
         **daily(spec),
     )

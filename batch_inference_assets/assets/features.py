@@ -9,7 +9,6 @@ import pyarrow as pa
 from batch_inference_assets.assets import checks
 from batch_inference_assets.assets.common import (
     RECORDS_IO_MANAGER,
-    WAREHOUSE_POOL,
     daily,
     day,
     fail,
@@ -30,7 +29,6 @@ def source_features_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         check_specs=checks.specs(key(spec, "source_features"), checks.SOURCE_CHECKS),
         description="The partition's feature rows, exported by the warehouse as Parquet files.",
         kinds={"parquet"},
-        pool=WAREHOUSE_POOL,
         io_manager_key=RECORDS_IO_MANAGER,
         **daily(spec),
     )

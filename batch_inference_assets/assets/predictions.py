@@ -10,7 +10,6 @@ from batch_inference_assets import progress
 from batch_inference_assets.assets import checks
 from batch_inference_assets.assets.common import (
     PREDICTIONS_IO_MANAGER,
-    WAREHOUSE_POOL,
     daily,
     day,
     fail,
@@ -34,7 +33,6 @@ def predictions_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         "An asset that takes it as an input receives the partition's rows as a DataFrame.",
         metadata={"dagster/table_name": table},
         kinds={"table"},
-        pool=WAREHOUSE_POOL,
         io_manager_key=PREDICTIONS_IO_MANAGER,
         **daily(spec),
     )

@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow as pa
 
 from batch_inference_assets import progress
-from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, daily, day, fail, key
+from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, daily, day, fail, key, pool
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.models import kinds
 from batch_inference_assets.models.store import ModelStore
@@ -75,6 +75,7 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
 
     @dg.op(
         name=score_op_name(name),
+        pool=pool(spec),
         retry_policy=dg.RetryPolicy(
             max_retries=spec.retries.max_retries,
             delay=spec.retries.delay_seconds,
@@ -143,13 +144,19 @@ def scored_shards_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     name = spec.name
 
     @dg.op(
-        name=f"{name}__fan_out_shards", out=dg.DynamicOut(Shard, io_manager_key=RECORDS_IO_MANAGER)
+        name=f"{name}__fan_out_shards",
+        out=dg.DynamicOut(Shard, io_manager_key=RECORDS_IO_MANAGER),
+        pool=pool(spec),
     )
     def fan_out_shards(manifest: ShardManifest) -> Iterator[dg.DynamicOutput[Shard]]:
         for shard in manifest.shards:
             yield dg.DynamicOutput(shard, mapping_key=shard.key)
 
-    @dg.op(name=f"{name}__collect_scores", out=dg.Out(io_manager_key=RECORDS_IO_MANAGER))
+    @dg.op(
+        name=f"{name}__collect_scores",
+        out=dg.Out(io_manager_key=RECORDS_IO_MANAGER),
+        pool=pool(spec),
+    )
     def collect_scores(
         manifest: ShardManifest, model: ModelHandle, results: list[ShardScore]
     ) -> dg.Output[ScoredShards]:
@@ -178,7 +185,7 @@ def scored_shards_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         },
         description="One streamed scoring step per shard, each writing one scored Parquet file.",
         kinds={"parquet"},
-        **daily(spec),
+        **daily(spec, graph=True),
     )
     def scored_shards(shard_manifest: ShardManifest, model: ModelHandle) -> ScoredShards:
         results = fan_out_shards(shard_manifest).map(lambda s: score_shard(s, model))

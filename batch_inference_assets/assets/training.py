@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from batch_inference_assets.assets import checks
-from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, training_key
+from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, pool, training_key
 from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
@@ -38,6 +38,7 @@ def training_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=training_key(name, "candidate_model"),
         group_name=group,
+        pool=pool(spec),
         check_specs=checks.specs(training_key(name, "candidate_model"), [checks.PROMOTION_GATE]),
         description=f"LightGBM trained on the last {spec.training.window_days} labelled days, "
         f"evaluated on the last {spec.training.holdout_days}.",
@@ -85,6 +86,7 @@ def training_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
         key=training_key(name, "champion_model"),
         ins={"candidate": dg.AssetIn(training_key(name, "candidate_model"))},
         group_name=group,
+        pool=pool(spec),
         description=f"Points {spec.model.name}@{alias} at a candidate that passed the gate.",
         io_manager_key=RECORDS_IO_MANAGER,
     )

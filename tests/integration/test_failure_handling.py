@@ -223,22 +223,16 @@ def test_instance_limits_and_job_tags(
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     config = instance.get_concurrency_config()
     assert config.run_queue_config.max_concurrent_runs == 4
-    assert config.run_queue_config.tag_concurrency_limits == [
-        {"key": "pipeline", "value": {"applyLimitPerUniqueValue": True}, "limit": 2}
-    ]
+    # Runs of one pipeline are limited by its pool, counted per run, not by a job tag.
+    assert not config.run_queue_config.tag_concurrency_limits
     assert config.pool_config.default_pool_limit == 2
+    assert config.pool_config.pool_granularity.value == "run"
     assert instance.run_monitoring_enabled
     pipeline = build_pipeline(churn_spec)
     defs = dg.Definitions(assets=pipeline.assets, jobs=[pipeline.job], resources=resources)
     job = defs.resolve_job_def("churn_daily")
     assert job.tags["pipeline"] == "churn"
     assert job.tags["dagster/max_runtime"] == str(churn_spec.timeouts.run_seconds)
-    pools = {
-        a.key.path[-1]: a.node_def.pool
-        for a in pipeline.assets
-        if getattr(a.node_def, "pool", None) is not None
-    }
-    assert pools == {
-        "source_features": "warehouse", "predictions": "warehouse",
-        "exports": "warehouse", "top_k": "warehouse",
-    }  # fmt: skip
+    # Every op the pipeline can run, alone or in any selection, is in the pipeline's pool.
+    ops = {op.name: op.pool for a in pipeline.assets for op in a.node_def.iterate_op_defs()}
+    assert len(ops) >= 8 and set(ops.values()) == {"batch_inference.churn"}, ops

@@ -313,3 +313,99 @@ def test_a_failed_cli_run_alerts_once_through_the_daemon(dagster: Dagster) -> No
     assert "partition_is_not_empty failed" in alert["message"]
     time.sleep(35)  # another sensor tick: still exactly once
     assert len(alerts()) == 1
+
+
+def _wait_for(what: str, probe: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return found
+
+
+def test_a_cli_run_is_re_executed_from_failure_in_the_ui(dagster: Dagster) -> None:
+    """`dagster asset materialize` (and `dg launch`) run in the CLI's process, with no code
+    location of their own; the `run_identity` sensor gives them this one, so the UI's
+    *Re-execute from failure* works on them."""
+    cli_env = {k: v for k, v in dagster.env.items() if k.startswith(("BI_TEST_", "BATCH_"))}
+    marker = Path(dagster.env["BI_TEST_FAULT_MARKER"])
+    marker.touch()
+    try:
+        failed = materialize_cli("key:churn/*", DAY, dagster.home, cli_env, "tests.faulty_defs")
+    finally:
+        marker.unlink()
+    assert failed.returncode != 0
+    with dg.DagsterInstance.from_config(str(dagster.home)) as instance:
+        parent_id = instance.get_runs(limit=1)[0].run_id
+
+        def adopted() -> dg.DagsterRun | None:
+            run = instance.get_run_by_id(parent_id)
+            return run if run and run.remote_job_origin else None
+
+        parent = _wait_for("the run_identity sensor", adopted)
+    assert parent.status == dg.DagsterRunStatus.FAILURE
+    assert parent.remote_job_origin.location_name == LOCATION
+    assert parent.tags["pipeline"] == "churn" and parent.tags["dagster/max_runtime"] == "21600"
+
+    again = dagster.gql(REEXECUTE, {"p": {"parentRunId": parent_id, "strategy": "FROM_FAILURE"}})
+    assert again["launchRunReexecution"]["__typename"] == "LaunchRunSuccess", again
+    child_id = again["launchRunReexecution"]["run"]["runId"]
+    child = dagster.wait_run(child_id)
+    assert child["status"] == "SUCCESS"
+    assert {"key": "dagster/partition", "value": DAY} in child["tags"]
+    executed = {s["stepKey"] for s in child["stepStats"] if s["status"] == "SUCCESS"}
+    assert executed == RERUN_AFTER_SHARD_00001
+    table = dagster.table(DAY)
+    assert table.num_rows == SEED_CUSTOMERS
+    # Each row names the run that scored it: the shards reused from the CLI run, and the one
+    # re-scored in the UI's re-execution.
+    assert set(table.column("run_id").to_pylist()) == {parent_id, child_id}
+
+
+ASSET_RUN_DAYS = ["2026-10-05", "2026-10-06", "2026-10-07"]
+
+
+def test_ui_asset_runs_are_held_to_the_pipelines_pool_and_timeout(dagster: Dagster) -> None:
+    """What the UI's *Materialize* launches: `__ASSET_JOB` runs with no tag of ours. The
+    pipeline's pool (limit 2, counted per run) still holds three days to two at a time."""
+    with dg.DagsterInstance.from_config(str(dagster.home)) as instance:
+        _wait_for(  # the pipeline_pools sensor registers the pool when the daemon starts
+            "the pool",
+            lambda: "batch_inference.churn" in instance.event_log_storage.get_concurrency_keys(),
+        )
+    assets = [{"path": ["churn", s]} for s in (
+        "model", "source_features", "shard_manifest", "scored_shards", "predictions",
+    )]  # fmt: skip
+    ids = []
+    for day in ASSET_RUN_DAYS:
+        launched = dagster.gql(LAUNCH, {"p": {
+            "selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": assets},
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
+        }})["launchRun"]  # fmt: skip
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        ids.append(launched["run"]["runId"])
+
+    most, queued_behind_two = 0, False
+    deadline = time.monotonic() + 300
+    while True:
+        statuses = [dagster.run(i)["status"] for i in ids]
+        running = statuses.count("STARTED") + statuses.count("STARTING")
+        most = max(most, running)
+        queued_behind_two |= running == 2 and "QUEUED" in statuses
+        if all(s in ("SUCCESS", "FAILURE", "CANCELED") for s in statuses):
+            break
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.5)
+    assert statuses == ["SUCCESS"] * 3
+    assert most == 2 and queued_behind_two
+    # The run_identity sensor tags each run once it has started (a tick or two later).
+    with dg.DagsterInstance.from_config(str(dagster.home)) as instance:
+        for run_id in ids:
+
+            def tagged(run_id: str = run_id) -> dg.DagsterRun | None:
+                run = instance.get_run_by_id(run_id)
+                return run if run and "pipeline" in run.tags else None
+
+            run = _wait_for(f"run {run_id}'s tags", tagged, timeout=60)
+            assert run.job_name == "__ASSET_JOB"
+            assert run.tags["pipeline"] == "churn" and run.tags["dagster/max_runtime"] == "21600"

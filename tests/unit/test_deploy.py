@@ -121,10 +121,7 @@ def test_the_production_instance_yaml_is_valid(monkeypatch: pytest.MonkeyPatch) 
     # The same limits as the embedded default.
     local, _ = dagster_instance_config(str(Path(__file__).parents[2] / ".dagster_home"))
     assert config["concurrency"]["pools"] == local["concurrency"]["pools"]
-    assert (
-        config["concurrency"]["runs"]["tag_concurrency_limits"]
-        == local["concurrency"]["runs"]["tag_concurrency_limits"]
-    )
+    assert local["concurrency"]["pools"]["granularity"] == "run"
 
 
 def helm_instance(values: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +163,6 @@ def helm_instance(values: dict[str, Any]) -> dict[str, Any]:
             },
             "runs": {
                 "max_concurrent_runs": conc["runs"]["maxConcurrentRuns"],
-                "tag_concurrency_limits": conc["runs"]["tagConcurrencyLimits"],
             },
         },
     }
@@ -190,6 +186,7 @@ def test_the_helm_values_render_a_valid_run_launcher_storage_and_limits(
     valid(DagsterPostgresStorage.config_type(), {"postgres_db": rendered["postgres_db"]})
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"concurrency": rendered["concurrency"]}))
     dagster_instance_config(str(tmp_path))  # raises on any schema error
+    assert rendered["concurrency"]["pools"]["granularity"] == "run"
     # What the code location runs with on the cluster: the k8s executor on Snowflake and S3.
     env = yaml.safe_load((DEPLOY / "k8s" / "env.yaml").read_text())["data"]
     assert env["BATCH_INFERENCE_EXECUTOR"] == "k8s"
