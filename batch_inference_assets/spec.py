@@ -277,6 +277,14 @@ class LimitSpec(_Strict):
     max_rows: int | None = Field(default=None, gt=0, description="Fail before scoring above.")
 
 
+class AlertSpec(_Strict):
+    on_success: bool = Field(
+        default=False,
+        description="Also post a summary of each published partition (rows, model version, "
+        "positive rate or mean score, mean confidence, duration, cost, link).",
+    )
+
+
 class TrainingSpec(_SqlSource):
     """The candidate model: LightGBM trained on a labelled window, promoted by a gate. The SQL
     returns labelled rows (the model's features, `label` and a `date_column`) between
@@ -356,6 +364,7 @@ class PipelineSpec(_Strict):
         default=None, description="Train candidates and promote them through a gate."
     )
     exports: ExportSpec = Field(default=ExportSpec(), description="Files beside the table.")
+    alerts: AlertSpec = Field(default=AlertSpec(), description="Alerts beyond failures.")
 
     @field_validator("name")
     @classmethod

@@ -13,6 +13,7 @@ from batch_inference_assets import BatchInferencePipeline, Pipeline, build_pipel
 from batch_inference_assets.assets.alerts import (
     build_check_alert_sensor,
     build_run_failure_alert_sensor,
+    build_success_summary_sensor,
 )
 from batch_inference_assets.assets.common import pool
 from batch_inference_assets.assets.retention import build_retention_job
@@ -42,6 +43,9 @@ def shared_definitions(
         sensors=[
             build_check_alert_sensor(pipelines),
             build_run_failure_alert_sensor([p.spec.name for p in pipelines]),
+            build_success_summary_sensor(
+                [p.spec.name for p in pipelines if p.spec.alerts.on_success]
+            ),
             build_run_identity_sensor(
                 {p.spec.name: p.spec.timeouts.run_seconds for p in pipelines}, location_name
             ),

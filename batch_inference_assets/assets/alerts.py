@@ -168,3 +168,66 @@ def build_run_failure_alert_sensor(pipelines: Sequence[str]) -> dg.SensorDefinit
         )
 
     return sensor
+
+
+def success_summary(
+    run: dg.DagsterRun, published: dg.AssetMaterialization, instance: dg.DagsterInstance,
+    alerter: Alerter,
+) -> dict[str, Any]:  # fmt: skip
+    """The summary of a run from its `<p>/predictions` materialization's metadata."""
+    pipeline = published.asset_key.path[0]
+    found: dict[str, Any] = {k: v.value for k, v in published.metadata.items()}
+    stats = instance.get_run_stats(run.run_id)
+    seconds = (stats.end_time or 0) - (stats.start_time or 0)
+    partition = published.partition or run.tags.get("dagster/partition")
+    balance = (
+        f"positive rate {found['positive_rate']:.1%}"
+        if "positive_rate" in found
+        else f"mean score {found.get('mean_score', float('nan')):.4g}"
+    )
+    cost = next(((k, v) for k, v in found.items() if k.startswith("cost/estimated_")), None)
+    price = f", est. {cost[1]:.4f} {cost[0].rsplit('_', 1)[1].upper()}" if cost else ""
+    rows = int(found.get("dagster/row_count", 0))
+    return {
+        "kind": "partition_published",
+        "summary": (
+            f"[{pipeline}] {partition}: published {rows:,} rows with "
+            f"{pipeline}@{found.get('model_version', '?')} in {seconds:.0f}s; {balance}, mean "
+            f"confidence {found.get('mean_confidence', float('nan')):.3f}{price}"
+        ),
+        "pipeline": pipeline,
+        "partition": partition,
+        "rows": rows,
+        "model_version": found.get("model_version"),
+        "positive_rate": found.get("positive_rate"),
+        "mean_score": found.get("mean_score"),
+        "mean_confidence": found.get("mean_confidence"),
+        "seconds": round(seconds, 1),
+        "cost": cost[1] if cost else None,
+        "run_id": run.run_id,
+        "run_url": alerter.run_url(run.run_id),
+    }
+
+
+def build_success_summary_sensor(pipelines: Sequence[str]) -> dg.SensorDefinition:
+    """`pipelines`: those whose YAML sets `alerts.on_success`."""
+
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="partition_summaries",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Posts a summary of each published partition of the pipelines with "
+        "alerts.on_success, however the run was launched.",
+        monitor_all_code_locations=True,
+    )
+    def sensor(context: dg.RunStatusSensorContext, alerter: Alerter) -> None:
+        run = context.dagster_run
+        wanted = {dg.AssetKey([p, "predictions"]) for p in pipelines}
+        for event in context.instance.all_logs(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ):
+            published = event.asset_materialization
+            if published and published.asset_key in wanted:  # a run that published a day
+                alerter.send(success_summary(run, published, context.instance, alerter))
+
+    return sensor

@@ -71,6 +71,7 @@ def predictions_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
                 "dagster/column_schema": spec.output_contract.table_schema(),
                 "mode": spec.output.mode,
                 "model_version": scored.model_version,
+                **publish.score_metadata(scored, spec.model.kind),
                 **cost,
             },
         )

@@ -117,6 +117,19 @@ def publish_partition(
     return staged.stats, gates
 
 
+def score_metadata(scored: ScoredShards, kind: str) -> dict[str, float]:
+    """What the day's scores look like: the UI plots these over partitions, and the success
+    summary quotes them. The positive rate is the binary models' class balance."""
+    rows = scored.rows or 1
+    found = {
+        "mean_score": round(sum(s.score_sum for s in scored.shards) / rows, 6),
+        "mean_confidence": round(sum(s.confidence_sum for s in scored.shards) / rows, 6),
+    }
+    if kind == "lightgbm_binary":
+        found["positive_rate"] = round(sum(s.positives for s in scored.shards) / rows, 6)
+    return found
+
+
 def cost_metadata(
     scored: ScoredShards,
     publish_seconds: float,

@@ -13,6 +13,8 @@ from batch_inference_assets.assets.alerts import (
     build_run_failure_alert_sensor,
     run_pipelines,
 )
+from batch_inference_assets.spec import AlertSpec
+from dagster_defs.definitions import build_definitions
 from tests.conftest import DAY, OTHER_DAYS
 from tests.servers import webhook_recorder
 
@@ -153,3 +155,52 @@ def test_a_run_is_ours_by_tag_asset_selection_or_steps() -> None:
     # Another team's run in the same instance is not ours to alert on.
     other = run(asset_selection=frozenset({dg.AssetKey(["finance", "ledger"])}))
     assert run_pipelines(other, ["finance__close_books"], known) == []
+
+
+@pytest.mark.parametrize("on_success", [True, False])
+def test_a_published_partition_posts_a_summary_when_the_pipeline_asks(
+    on_success: bool,
+    churn_spec: PipelineSpec,
+    resources: dict[str, Any],
+    instance: dg.DagsterInstance,
+) -> None:
+    spec = churn_spec.model_copy(update={"alerts": AlertSpec(on_success=on_success)})
+    defs = build_definitions(resources, specs=[spec])  # as the code location wires it
+    sensor = defs.get_sensor_def("partition_summaries")
+    pipeline = build_pipeline(spec)
+    with webhook_recorder() as (url, received):
+        alerter = Alerter(webhook_url=url)
+        cursor = None
+
+        def tick() -> None:
+            nonlocal cursor
+            ctx = dg.build_sensor_context(
+                instance=instance, cursor=cursor, repository_def=defs.get_repository_def(),
+                resources={"alerter": alerter},
+            )  # fmt: skip
+            cursor = sensor.evaluate_tick(ctx).cursor
+
+        tick()  # the first tick only starts watching
+        good = _run(spec, resources, instance, DAY)
+        assert good.success
+        # A run that publishes nothing (the model alone) sends nothing.
+        model_only = dg.materialize(
+            [a for a in pipeline.assets if a.key == dg.AssetKey(["churn", "model"])],
+            partition_key=DAY, resources=resources, instance=instance,
+        )  # fmt: skip
+        assert model_only.success
+        tick()
+        tick()
+    if not on_success:
+        assert received == []
+        return
+    assert len(received) == 1, received  # once, for the run that published
+    summary = received[0]
+    published = good.asset_materializations_for_node("churn__predictions")[0].metadata
+    assert summary["kind"] == "partition_published" and summary["run_id"] == good.run_id
+    assert (summary["pipeline"], summary["partition"]) == ("churn", DAY)
+    assert summary["rows"] == published["dagster/row_count"].value > 0
+    assert summary["model_version"] == published["model_version"].value
+    assert 0 < summary["positive_rate"] < 1 and 0.5 <= summary["mean_confidence"] <= 1
+    assert f"published {summary['rows']:,} rows" in summary["text"]
+    assert "positive rate" in summary["text"] and summary["run_url"].endswith(good.run_id)
