@@ -9,7 +9,7 @@ export BATCH_INFERENCE_ROOT ?= $(CURDIR)/.data
 BENCH_ROWS ?= 5000000
 BENCH_RUNS ?= 3
 
-.PHONY: venv demo seed ui check test lint typecheck unit bench clean
+.PHONY: venv demo seed ui check test lint typecheck unit bench clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,22 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck
+# Besides Python packages, the suite starts real servers and a real browser from Debian's
+# packages: PostgreSQL's server binaries and chromium (no running service needed).
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "make test needs Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+test: lint typecheck system-deps
 	$(BIN)/pytest
 
 unit: venv

@@ -17,7 +17,7 @@ from datetime import date
 from pathlib import Path
 
 from batch_inference_assets.assets.training import training_run_config
-from dagster_defs.demo.seed import seed
+from dagster_defs.demo.seed import record_seeded_champion, seed
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
 
 DEMO_PARTITION = "2026-10-15"
@@ -54,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     root, day = args.root.resolve(), args.partition
     seeded = seed(root)
+    record_seeded_champion(seeded.model_version)
     print(
         f"seeded {seeded.rows:,} demo rows and model churn@{seeded.model_version} "
         f"in {seeded.seconds:.1f}s"

@@ -100,6 +100,13 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
 
     demo = sh("make demo", "make demo")
     assert "churn: scored 20,000 rows of 2026-10-15" in demo
+    # The seeded champion counts as built: "Materialize all" on churn does not warn about it.
+    with dg.DagsterInstance.from_config(str(checkout / ".dagster_home")) as instance:
+        seeded = instance.get_latest_materialization_event(
+            dg.AssetKey(["churn_training", "champion_model"])
+        )
+    assert seeded is not None and seeded.asset_materialization is not None
+    assert seeded.asset_materialization.metadata["source"].value == "seed"
 
     daemon_env = {**env, "DAGSTER_HOME": str(checkout / ".dagster_home"),
                   "BATCH_INFERENCE_ROOT": str(checkout / ".data")}  # fmt: skip
