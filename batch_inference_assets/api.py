@@ -13,6 +13,8 @@ Scoring here goes through the same model resolution, contract check and kind-spe
 as the pipeline; it publishes nothing.
 """
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,11 +148,27 @@ def run_partition(
     spec: PipelineSpec | str | Path,
     partition: str,
     resources: dict[str, Any],
-    raise_on_error: bool = False,
+    raise_on_error: bool = True,
+    instance: dg.DagsterInstance | None = None,
+    log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
     """Run one partition of a pipeline end to end, in this process: every daily asset and
-    check, publishing to `resources["warehouse"]` exactly as a scheduled run would."""
+    check, publishing to `resources["warehouse"]` exactly as a scheduled run would.
+
+    A failure raises (with the pipeline, partition and cause) unless `raise_on_error=False`.
+    The run is recorded in `instance`, by default the one `DAGSTER_HOME` names (the UI's), so
+    the table's `run_id` leads to it; without DAGSTER_HOME, in a temporary one. Dagster's own
+    step events log at DEBUG, below the default `log_level`."""
     pipeline = build_pipeline(load_pipeline(spec))
-    return dg.materialize(
-        pipeline.assets, partition_key=partition, resources=resources, raise_on_error=raise_on_error
-    )
+    with contextlib.ExitStack() as stack:
+        if instance is None and os.environ.get("DAGSTER_HOME"):  # read when called
+            instance = stack.enter_context(dg.DagsterInstance.get())
+        return dg.materialize(
+            pipeline.assets,
+            partition_key=partition,
+            resources=resources,
+            instance=instance,
+            raise_on_error=raise_on_error,
+            tags={"pipeline": pipeline.spec.name},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )

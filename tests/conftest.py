@@ -41,6 +41,17 @@ OUTPUT_COLUMNS = [
 ]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _own_dagster_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make test` exports the checkout's DAGSTER_HOME; what a test records (run_partition
+    uses DAGSTER_HOME's instance) goes to a throwaway one instead."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+
 @pytest.fixture(scope="session")
 def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("seeded")

@@ -66,7 +66,10 @@ def build_run_identity_sensor(
         tags = identity_tags(run, ours[0], run_seconds[ours[0]])
         if tags:
             instance.add_run_tags(run.run_id, tags)
-        if run.remote_job_origin is None:
+        repository = context.repository_def
+        # Only a job this location has (`__ASSET_JOB`, `<p>_daily`): not `dg.materialize`'s
+        # ephemeral job, which nothing could re-execute.
+        if run.remote_job_origin is None and repository and repository.has_job(run.job_name):
             current = instance.get_run_by_id(run.run_id)  # with the tags just added
             if current is not None and current.remote_job_origin is None:
                 instance.run_storage.replace_job_origin(

@@ -16,6 +16,7 @@ import pytest
 from batch_inference_assets import PipelineSpec, api, build_pipeline, load_spec
 from batch_inference_assets.assets.alerts import Alerter, build_check_alert_sensor
 from batch_inference_assets.assets.training import training_run_config
+from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.models.lightgbm_model import train_lightgbm
 from batch_inference_assets.models.store import ModelStore
 from batch_inference_assets.spec import parse_spec
@@ -369,6 +370,33 @@ def test_incremental_scores_only_new_ids_and_reruns_are_idempotent(
 
 
 # --- notebook API -------------------------------------------------------------------------------
+
+
+def test_run_partition_is_recorded_where_the_ui_looks_and_raises_on_failure(
+    churn_spec: PipelineSpec,
+    resources: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    done = api.run_partition(churn_spec, DAY, resources)
+    printed = capfd.readouterr()
+    assert done.success
+    assert len((printed.out + printed.err).splitlines()) < 30  # not Dagster's DEBUG events
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_run_by_id(done.run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags["pipeline"] == "churn" and run.tags["dagster/partition"] == DAY
+    assert set(read_table(resources, "WHERE partition_date = ?", (DAY,))["run_id"].to_pylist()) == {
+        done.run_id
+    }
+
+    with pytest.raises(PipelineFailure, match="pipeline 'churn', partition 2026-10-20"):
+        api.run_partition(churn_spec, "2026-10-20", resources)  # a day without source rows
 
 
 def test_the_notebook_api_scores_like_the_pipeline(
