@@ -82,11 +82,19 @@ SOURCE_CHECKS = (
 DRIFT_CHECKS = (SCORE_DRIFT_BELOW_THRESHOLD, FEATURE_DRIFT_BELOW_THRESHOLD)
 
 
-def specs(key: dg.AssetKey, names: Sequence[str]) -> list[dg.AssetCheckSpec]:
-    """The registry's checks as specs on one asset: the UI shows each description."""
+def specs(
+    key: dg.AssetKey, names: Sequence[str], partitions_def: dg.PartitionsDefinition | None = None
+) -> list[dg.AssetCheckSpec]:
+    """The registry's checks as specs on one asset: the UI shows each description. With the
+    asset's partitions, each result is recorded for its day: a failed check's page and its
+    history say which day failed."""
     return [
         dg.AssetCheckSpec(
-            n, asset=key, blocking=REGISTRY[n].blocking, description=REGISTRY[n].description
+            n,
+            asset=key,
+            blocking=REGISTRY[n].blocking,
+            description=REGISTRY[n].description,
+            partitions_def=partitions_def,
         )
         for n in names
     ]

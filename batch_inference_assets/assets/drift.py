@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 
 from batch_inference_assets.assets import checks
-from batch_inference_assets.assets.common import daily, day, key
+from batch_inference_assets.assets.common import daily, day, key, partitions
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.records import ModelHandle, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
@@ -21,7 +21,7 @@ def drift_stats_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
             "model": dg.AssetIn(key(spec, "model")),
         },
         deps=[key(spec, "predictions")],  # only what was published is measured
-        check_specs=checks.specs(key(spec, "drift_stats"), checks.DRIFT_CHECKS),
+        check_specs=checks.specs(key(spec, "drift_stats"), checks.DRIFT_CHECKS, partitions(spec)),
         description="PSI of the score and each feature vs training and the previous partition.",
         **daily(spec),
     )

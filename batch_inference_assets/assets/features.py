@@ -13,6 +13,7 @@ from batch_inference_assets.assets.common import (
     day,
     fail,
     key,
+    partitions,
 )
 from batch_inference_assets.contracts import arrow_schema_to_table_schema
 from batch_inference_assets.io.object_store import ObjectStore
@@ -26,7 +27,9 @@ def source_features_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=key(spec, "source_features"),
         ins={"model": dg.AssetIn(key(spec, "model"))},
-        check_specs=checks.specs(key(spec, "source_features"), checks.SOURCE_CHECKS),
+        check_specs=checks.specs(
+            key(spec, "source_features"), checks.SOURCE_CHECKS, partitions(spec)
+        ),
         description="The partition's feature rows, exported by the warehouse as Parquet files.",
         kinds={"parquet"},
         io_manager_key=RECORDS_IO_MANAGER,

@@ -14,6 +14,7 @@ from batch_inference_assets.assets.common import (
     day,
     fail,
     key,
+    partitions,
 )
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
@@ -28,7 +29,9 @@ def predictions_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=key(spec, "predictions"),
         ins={"scored": dg.AssetIn(key(spec, "scored_shards"))},
-        check_specs=checks.specs(key(spec, "predictions"), checks.prediction_checks(spec)),
+        check_specs=checks.specs(
+            key(spec, "predictions"), checks.prediction_checks(spec), partitions(spec)
+        ),
         description=f"Predictions published to {table}, one partition replaced atomically. "
         "An asset that takes it as an input receives the partition's rows as a DataFrame.",
         metadata={"dagster/table_name": table},

@@ -84,6 +84,13 @@ def test_failed_checks_alert_once_each(
             ("ids_are_unique", "ERROR"), ("null_rates_below_threshold", "WARN"),
         }  # fmt: skip
         assert tick() == 0
+    # Each check result is recorded for its day: the check's page and history name it.
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey(["churn", "source_features"]), "ids_are_unique"), limit=5
+    )
+    assert sorted((r.partition, r.status.value) for r in history) == [
+        (OTHER_DAYS[0], "FAILED"), (DAY, "SUCCEEDED"),
+    ]  # fmt: skip
 
 
 def test_alerts_wait_for_an_unreachable_webhook_without_repeating(
