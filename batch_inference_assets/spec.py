@@ -194,8 +194,18 @@ class Bounds(_Strict):
 
 
 class CheckThresholds(_Strict):
-    max_null_rate: float = Field(default=0.5, ge=0, le=1)
+    max_null_rate: float = Field(
+        default=0.5, ge=0, le=1, description="Warn above this share of missing (null or NaN)."
+    )
     null_rate_overrides: dict[str, float] = Field(default_factory=dict)
+    blocking_null_rate: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="A feature missing (null or NaN) in at least this share of the rows stops "
+        "the run; 1.0: only a feature missing from every row.",
+    )
+    blocking_null_rate_overrides: dict[str, float] = Field(default_factory=dict)
     positive_rate: Bounds = Bounds(min=0.0, max=1.0)
     mean_confidence: Bounds = Bounds(min=0.5, max=1.0)
     mean_score: Bounds | None = Field(

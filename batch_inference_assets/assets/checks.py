@@ -2,8 +2,9 @@
 descriptions the UI shows; their specs per asset, and their evaluation into results."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -19,6 +20,10 @@ PARTITION_IS_NOT_EMPTY = "partition_is_not_empty"
 IDS_ARE_UNIQUE = publish.IDS_ARE_UNIQUE
 FEATURES_MATCH_MODEL = "features_match_model_contract"
 NULL_RATES_BELOW_THRESHOLD = "null_rates_below_threshold"
+IDS_ARE_NOT_NULL = "ids_are_not_null"
+FEATURES_ARE_POPULATED = "features_are_populated"
+FEATURE_VALUES_ARE_FINITE = "feature_values_are_finite"
+CATEGORIES_ARE_KNOWN = "categories_are_known"
 ROW_COUNT_WITHIN_LIMIT = "row_count_within_limit"
 # predictions: the blocking gates of the transaction (stages/publish.py), then warn-only bounds
 POSITIVE_RATE_WITHIN_BOUNDS = "positive_rate_within_bounds"
@@ -49,8 +54,16 @@ REGISTRY: dict[str, Check] = {
               "features (and the id columns), as the model's metadata declares them."),
         Check(IDS_ARE_UNIQUE, True, "No id occurs twice in the partition."),
         Check(ROW_COUNT_WITHIN_LIMIT, True, "The partition has at most limits.max_rows rows."),
-        Check(NULL_RATES_BELOW_THRESHOLD, False, "Each feature's null rate is under "
-              "checks.max_null_rate (or its override)."),
+        Check(NULL_RATES_BELOW_THRESHOLD, False, "Each feature's missing rate (null or NaN) "
+              "is under checks.max_null_rate (or its override)."),
+        Check(IDS_ARE_NOT_NULL, True, "Every row has all its id columns."),
+        Check(FEATURES_ARE_POPULATED, True, "No feature is missing (null or NaN) in "
+              "checks.blocking_null_rate of the rows or more (default 1.0: missing from every "
+              "row), per feature overridable."),
+        Check(FEATURE_VALUES_ARE_FINITE, True, "No numeric feature value is +inf or -inf "
+              "(NaN counts as missing)."),
+        Check(CATEGORIES_ARE_KNOWN, False, "Every categorical value is one the model was "
+              "trained on; unseen values are scored as missing."),
         Check(publish.ROW_COUNT_MATCHES_SOURCE, True, "The staged rows are exactly the source "
               "rows of this partition; gates the publishing transaction."),
         Check(publish.SCORES_ARE_NOT_NULL, True, "No staged score is null; gates the "
@@ -75,9 +88,22 @@ REGISTRY: dict[str, Check] = {
 SOURCE_CHECKS = (
     PARTITION_IS_NOT_EMPTY,
     FEATURES_MATCH_MODEL,
+    IDS_ARE_NOT_NULL,
     IDS_ARE_UNIQUE,
     ROW_COUNT_WITHIN_LIMIT,
     NULL_RATES_BELOW_THRESHOLD,
+    FEATURES_ARE_POPULATED,
+    FEATURE_VALUES_ARE_FINITE,
+    CATEGORIES_ARE_KNOWN,
+)
+# The checks on the rows' values: not evaluated when there are no usable rows.
+PROFILE_CHECKS = (
+    IDS_ARE_NOT_NULL,
+    IDS_ARE_UNIQUE,
+    NULL_RATES_BELOW_THRESHOLD,
+    FEATURES_ARE_POPULATED,
+    FEATURE_VALUES_ARE_FINITE,
+    CATEGORIES_ARE_KNOWN,
 )
 DRIFT_CHECKS = (SCORE_DRIFT_BELOW_THRESHOLD, FEATURE_DRIFT_BELOW_THRESHOLD)
 
@@ -159,62 +185,74 @@ def evaluate_source_features(
         ),
     ]
     if profile is None:
-        results.append(
-            dg.AssetCheckResult(
-                check_name=IDS_ARE_UNIQUE, passed=False, description="not evaluated: no usable rows"
-            )
-        )
-        results.append(
-            dg.AssetCheckResult(
-                check_name=NULL_RATES_BELOW_THRESHOLD,
-                passed=False,
-                severity=dg.AssetCheckSeverity.WARN,
-                description="not evaluated: no usable rows",
-            )
-        )
-        return results
-    results.append(
-        dg.AssetCheckResult(
-            check_name=IDS_ARE_UNIQUE,
-            passed=profile.duplicate_ids == 0,
-            description=f"{profile.duplicate_ids} ids occur more than once",
-            metadata={"duplicate_ids": profile.duplicate_ids},
-        )
+        return results + [
+            _result(name, False, "not evaluated: no usable rows") for name in PROFILE_CHECKS
+        ]
+    return results + evaluate_profile(spec, profile)
+
+
+def _result(
+    name: str, passed: bool, description: str, metadata: dict[str, Any] | None = None
+) -> dg.AssetCheckResult:
+    """A result with the registry's severity: ERROR for blocking checks, else WARN."""
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR
+        if REGISTRY[name].blocking
+        else dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata=metadata or {},
     )
-    rates = {c: n / profile.rows for c, n in profile.null_counts.items()} if profile.rows else {}
-    limit = spec.checks.null_rate_overrides
-    over = {c: r for c, r in rates.items() if r > limit.get(c, spec.checks.max_null_rate)}
-    results.append(
-        dg.AssetCheckResult(
-            check_name=NULL_RATES_BELOW_THRESHOLD,
-            passed=not over,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=(
-                "null rate over threshold: "
-                + ", ".join(f"{c}={r:.1%}" for c, r in sorted(over.items()))
-                if over
-                else f"max null rate {max(rates.values(), default=0.0):.1%}"
-            ),
-            metadata={"max_null_rate": max(rates.values(), default=0.0)},
-        )
-    )
-    return results
+
+
+def _listed(counts: Mapping[str, float], rows: int) -> str:
+    return ", ".join(f"{c}={n / rows:.1%}" for c, n in sorted(counts.items()))
+
+
+def evaluate_profile(spec: PipelineSpec, profile: FeatureProfile) -> list[dg.AssetCheckResult]:
+    """The checks on the exported values (FeatureProfile: one scan, NaN counted as missing)."""
+    rows = profile.rows or 1
+    t = spec.checks
+    rates = {c: n / rows for c, n in profile.missing.items()}
+    warn = {c: r for c, r in rates.items() if r > t.null_rate_overrides.get(c, t.max_null_rate)}
+    block = {
+        c: profile.missing[c]
+        for c, r in rates.items()
+        if profile.rows and r >= t.blocking_null_rate_overrides.get(c, t.blocking_null_rate)
+    }
+    infinite = {c: n for c, n in profile.infinite.items() if n}
+    unseen = {c: n for c, n in profile.unseen.items() if n}
+    max_rate = max(rates.values(), default=0.0)
+    return [
+        _result(IDS_ARE_NOT_NULL, profile.null_ids == 0,
+                f"{profile.null_ids} rows without an id", {"null_ids": profile.null_ids}),
+        _result(IDS_ARE_UNIQUE, profile.duplicate_ids == 0,
+                f"{profile.duplicate_ids} ids occur more than once",
+                {"duplicate_ids": profile.duplicate_ids}),
+        _result(NULL_RATES_BELOW_THRESHOLD, not warn,
+                "missing rate over threshold: "
+                + ", ".join(f"{c}={r:.1%}" for c, r in sorted(warn.items()))
+                if warn else f"max missing rate {max_rate:.1%}",
+                {"max_null_rate": max_rate}),
+        _result(FEATURES_ARE_POPULATED, not block,
+                f"missing (null or NaN) in too many rows: {_listed(block, rows)}"
+                if block else "every feature is populated", {"blocked_features": len(block)}),
+        _result(FEATURE_VALUES_ARE_FINITE, not infinite,
+                f"infinite values: {', '.join(f'{c}={n}' for c, n in sorted(infinite.items()))}"
+                if infinite else "no infinite values",
+                {"infinite_values": sum(infinite.values())}),
+        _result(CATEGORIES_ARE_KNOWN, not unseen,
+                f"categories the model has not seen: {_listed(unseen, rows)}"
+                if unseen else "every category is known",
+                {"unseen_values": sum(unseen.values())}),
+    ]  # fmt: skip
 
 
 def nothing_new(export: FeatureExport, published: int) -> list[dg.AssetCheckResult]:
     """Incremental mode, every id of the partition already published: an idempotent no-op."""
     note = f"nothing new to score: {published} rows already published for the partition"
-    return [
-        dg.AssetCheckResult(check_name=name, passed=True, description=note)
-        for name in (PARTITION_IS_NOT_EMPTY, FEATURES_MATCH_MODEL, IDS_ARE_UNIQUE)
-    ] + [
-        dg.AssetCheckResult(
-            check_name=NULL_RATES_BELOW_THRESHOLD,
-            passed=True,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=note,
-        )
-    ]
+    return [_result(name, True, note) for name in SOURCE_CHECKS if name != ROW_COUNT_WITHIN_LIMIT]
 
 
 def evaluate_row_limit(spec: PipelineSpec, export: FeatureExport) -> dg.AssetCheckResult:

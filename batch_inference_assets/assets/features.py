@@ -54,7 +54,7 @@ def source_features_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         profile = None
         if schema is not None and not problems:
             profile = features.profile_export(
-                export, spec.features.id_columns, [f.name for f in model.features], object_store
+                export, spec.features.id_columns, model.features, object_store
             )
         published = 0
         if spec.output.mode == "incremental" and export.rows == 0:

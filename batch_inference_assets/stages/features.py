@@ -13,7 +13,7 @@ from upath import UPath
 from batch_inference_assets.contracts import quote_identifier, sql_identifier
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import QueryTag, Warehouse
-from batch_inference_assets.records import ExportedFile, FeatureExport, RowGroup
+from batch_inference_assets.records import ExportedFile, FeatureExport, FeatureInfo, RowGroup
 from batch_inference_assets.spec import PARTITION_COLUMN, PipelineSpec
 from batch_inference_assets.sql import SqlTemplate, partition_values
 
@@ -120,41 +120,40 @@ def export_features(
 
 @dataclass(frozen=True)
 class FeatureProfile:
+    """What the checks on the exported rows need, from one scan of them.
+
+    `missing` counts nulls and NaN together (LightGBM treats both as missing, and Parquet
+    statistics count only nulls); `infinite` counts ±inf; `unseen` counts categorical values
+    outside the model's category list."""
+
     rows: int
     duplicate_ids: int
-    null_counts: dict[str, int]
-
-
-def metadata_null_counts(
-    export: FeatureExport, columns: list[str], object_store: ObjectStore
-) -> dict[str, int | None]:
-    """Null counts from the Parquet row-group statistics (None where a file has no statistics)."""
-    totals: dict[str, int | None] = dict.fromkeys(columns, 0)
-    for f in export.files:
-        with object_store.open_path(f.path).open("rb") as fh:
-            meta = pq.ParquetFile(fh).metadata
-        index = {meta.schema.column(i).name: i for i in range(meta.num_columns)}
-        for name in columns:
-            for g in range(meta.num_row_groups):
-                stats = meta.row_group(g).column(index[name]).statistics
-                if totals[name] is None or stats is None or not stats.has_null_count:
-                    totals[name] = None
-                    break
-                totals[name] = (totals[name] or 0) + stats.null_count
-    return totals
+    null_ids: int
+    missing: dict[str, int]
+    infinite: dict[str, int]
+    unseen: dict[str, int]
 
 
 def profile_export(
-    export: FeatureExport, id_columns: list[str], columns: list[str], object_store: ObjectStore
-) -> FeatureProfile:
-    """Duplicate ids from a scan of the id columns only; null counts from Parquet statistics,
-    scanning just the columns whose files carry none."""
+    export: FeatureExport, id_columns: list[str], features: list[FeatureInfo],
+    object_store: ObjectStore,
+) -> FeatureProfile:  # fmt: skip
+    """One DuckDB scan of the exported Parquet: ids, and per feature its missing, infinite and
+    unseen values. Parquet statistics are not trusted: they do not count NaN."""
     if not export.files:
-        return FeatureProfile(rows=0, duplicate_ids=0, null_counts={c: 0 for c in columns})
-    nulls = metadata_null_counts(export, columns, object_store)
-    unknown = [c for c, n in nulls.items() if n is None]
+        return FeatureProfile(0, 0, 0, *({f.name: 0 for f in features} for _ in range(3)))
     ids = ", ".join(quote_identifier(c) for c in id_columns)
-    scanned = "".join(f", COUNT(*) - COUNT({quote_identifier(c)})" for c in unknown)
+    null_id = " OR ".join(f"{quote_identifier(c)} IS NULL" for c in id_columns)
+    parts, params = [], []
+    for f in features:
+        c = quote_identifier(f.name)
+        if f.type == "float64":
+            parts += [f"COUNT(*) FILTER (WHERE {c} IS NULL OR isnan({c}))",
+                      f"COUNT(*) FILTER (WHERE isinf({c}))", "0"]  # fmt: skip
+        else:
+            unseen = f"{c} IS NOT NULL AND NOT list_contains(?, {c})"
+            parts += [f"COUNT(*) - COUNT({c})", "0", f"COUNT(*) FILTER (WHERE {unseen})"]
+            params.append(list(f.categories))
     con = duckdb.connect(config={"memory_limit": "512MB", "preserve_insertion_order": False})
     try:
         if not object_store.is_local:
@@ -162,16 +161,22 @@ def profile_export(
         con.read_parquet([f.path for f in export.files]).create_view("features")
         row = con.execute(
             f"SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT {ids} FROM features "
-            f"GROUP BY {ids} HAVING COUNT(*) > 1)){scanned} FROM features"
+            f"GROUP BY {ids} HAVING COUNT(*) > 1)), COUNT(*) FILTER (WHERE {null_id}), "
+            f"{', '.join(parts)} FROM features",
+            params,
         ).fetchone()
     finally:
         con.close()
     assert row is not None
-    nulls.update(zip(unknown, row[2:], strict=True))
+    counts = [int(v) for v in row[3:]]
+    names = [f.name for f in features]
     return FeatureProfile(
-        rows=row[0],
-        duplicate_ids=row[1],
-        null_counts={c: int(nulls[c] or 0) for c in columns},
+        rows=int(row[0]),
+        duplicate_ids=int(row[1]),
+        null_ids=int(row[2]),
+        missing=dict(zip(names, counts[0::3], strict=True)),
+        infinite=dict(zip(names, counts[1::3], strict=True)),
+        unseen=dict(zip(names, counts[2::3], strict=True)),
     )
 
 

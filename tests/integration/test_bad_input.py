@@ -227,3 +227,68 @@ def test_scored_file_from_another_partition_is_rejected(
     )
     pq.write_table(t, shard)
     _assert_failed_cleanly(run.publish(), resources, published, "of another partition")
+
+
+# Values that load without error but are wrong: each is caught where it enters.
+BLOCKED_VALUES = {
+    "all NaN": (
+        "UPDATE raw.customer_features SET monthly_charges = 'NaN'::DOUBLE WHERE snapshot_date = ?",
+        "features_are_populated failed", "monthly_charges=100.0%",
+    ),
+    "all null": (
+        "UPDATE raw.customer_features SET nps_score = NULL WHERE snapshot_date = ?",
+        "features_are_populated failed", "nps_score=100.0%",
+    ),
+    "infinity": (
+        "UPDATE raw.customer_features SET total_charges = 'inf'::DOUBLE "
+        "WHERE snapshot_date = ? AND customer_id IN (100001, 100002)",
+        "feature_values_are_finite failed", "total_charges=2",
+    ),
+    "null id": (
+        "UPDATE raw.customer_features SET customer_id = NULL "
+        "WHERE snapshot_date = ? AND customer_id = 100003",
+        "ids_are_not_null failed", "1 rows without an id",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BLOCKED_VALUES))
+def test_bad_values_stop_at_source_features(
+    case: str, materialize: Materialize, resources: dict[str, Any], published: pa.Table
+) -> None:
+    update, *causes = BLOCKED_VALUES[case]
+    with resources["warehouse"].connect() as con:
+        con.execute(update, [DAY])
+    result = materialize(DAY)
+    _assert_failed_cleanly(result, resources, published, "source_features", *causes)
+    assert "churn__scored_shards" not in {  # stopped before any scoring
+        e.step_key.split(".")[0] for e in result.all_events if e.is_step_start and e.step_key
+    }
+
+
+def test_nan_counts_as_missing_and_unseen_categories_warn(
+    materialize: Materialize, resources: dict[str, Any]
+) -> None:
+    with resources["warehouse"].connect() as con:
+        con.execute(  # NaN in 60% of one feature: over the 50% warning, under the block
+            "UPDATE raw.customer_features SET monthly_charges = 'NaN'::DOUBLE "
+            "WHERE snapshot_date = ? AND customer_id % 5 < 3",
+            [DAY],
+        )
+        con.execute(
+            "UPDATE raw.customer_features SET region = 'atlantis' "
+            "WHERE snapshot_date = ? AND customer_id % 10 = 0",
+            [DAY],
+        )
+    result = materialize(DAY)
+    assert result.success, failure_message(result)  # warnings: the day is published
+    checks = {
+        e.check_name: e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == dg.AssetKey(["churn", "source_features"])
+    }
+    assert not checks["null_rates_below_threshold"].passed
+    assert "monthly_charges=60.0%" in checks["null_rates_below_threshold"].description
+    assert not checks["categories_are_known"].passed
+    assert "region=10.0%" in checks["categories_are_known"].description
+    assert checks["features_are_populated"].passed and checks["ids_are_not_null"].passed
