@@ -89,8 +89,15 @@ def build_check_alert_sensor(
         description="Alerts once for every failed asset check, WARN or ERROR.",
     )
     def sensor(context: dg.SensorEvaluationContext, alerter: Alerter) -> dg.SkipReason:
-        cursor: dict[str, int] = json.loads(context.cursor or "{}")
         storage = context.instance.event_log_storage
+        if context.cursor is None:  # the first tick starts from now, not from history
+            start = {}
+            for key in check_keys:
+                newest = storage.get_asset_check_execution_history(key, limit=1)
+                start[key.to_user_string()] = newest[0].id if newest else -1
+            context.update_cursor(json.dumps(start, sort_keys=True))
+            return dg.SkipReason("started watching: earlier check failures are not alerted")
+        cursor: dict[str, int] = json.loads(context.cursor)
         sent = 0
         try:
             for key in check_keys:

@@ -98,9 +98,13 @@ def test_alerts_wait_for_an_unreachable_webhook_without_repeating(
 ) -> None:
     spec = _strict_nulls(churn_spec)
     sensor = build_check_alert_sensor([build_pipeline(spec)])
-    assert _run(spec, resources, instance, DAY).success
     down = Alerter(webhook_url="http://127.0.0.1:9/unreachable", timeout_seconds=2)
-    ctx = dg.build_sensor_context(instance=instance, resources={"alerter": down})
+    first = dg.build_sensor_context(instance=instance, resources={"alerter": down})
+    sensor(first)  # starts watching
+    assert _run(spec, resources, instance, DAY).success
+    ctx = dg.build_sensor_context(
+        instance=instance, cursor=first.cursor, resources={"alerter": down}
+    )
     result = sensor(ctx)
     assert "alert delivery failed after 0 alert(s)" in result.skip_message
     with webhook_recorder() as (url, received):
@@ -211,3 +215,24 @@ def test_a_published_partition_posts_a_summary_when_the_pipeline_asks(
     assert 0 < summary["positive_rate"] < 1 and 0.5 <= summary["mean_confidence"] <= 1
     assert f"published {summary['rows']:,} rows" in summary["text"]
     assert "positive rate" in summary["text"] and summary["run_url"].endswith(good.run_id)
+
+
+def test_the_check_alert_sensor_starts_from_now_not_from_history(
+    churn_spec: PipelineSpec, resources: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    """A sensor turned on over an instance with failed checks (the demo's drift ERROR, say)
+    alerts on the failures after it starts, not on every one before."""
+    spec = _strict_nulls(churn_spec)  # every day fails the WARN null-rate check
+    sensor = build_check_alert_sensor([build_pipeline(spec)])
+    assert _run(spec, resources, instance, OTHER_DAYS[0]).success
+    with webhook_recorder() as (url, received):
+        alerter = Alerter(webhook_url=url)
+        ctx = dg.build_sensor_context(instance=instance, resources={"alerter": alerter})
+        sensor(ctx)
+        assert received == []
+        assert _run(spec, resources, instance, DAY).success
+        ctx = dg.build_sensor_context(
+            instance=instance, cursor=ctx.cursor, resources={"alerter": alerter}
+        )
+        sensor(ctx)
+    assert [(a["check"], a["partition"]) for a in received] == [("null_rates_below_threshold", DAY)]
