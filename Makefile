@@ -9,7 +9,7 @@ export BATCH_INFERENCE_ROOT ?= $(CURDIR)/.data
 BENCH_ROWS ?= 5000000
 BENCH_RUNS ?= 3
 
-.PHONY: venv demo seed ui check test lint typecheck unit bench clean system-deps
+.PHONY: venv instance demo seed ui check test lint typecheck unit bench clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-demo: venv
+# The instance's SQLite storage, created and migrated once, before the demo's runs, the UI's
+# webserver and daemon, or a test can race to create it.
+INSTANCE := $(DAGSTER_HOME)/history/runs.db
+$(INSTANCE): $(STAMP)
+	$(BIN)/dagster instance migrate >/dev/null
+
+instance: $(INSTANCE)
+
+demo: venv instance
 	$(BIN)/python -m dagster_defs.demo.run --root $(BATCH_INFERENCE_ROOT)
 
-seed: venv
+seed: venv instance
 	$(BIN)/python -m dagster_defs.demo.seed --root $(BATCH_INFERENCE_ROOT)
 
-ui: venv
+ui: venv instance
 	test -f $(BATCH_INFERENCE_ROOT)/warehouse.duckdb || $(MAKE) seed
 	$(BIN)/dg dev -h 127.0.0.1 -p 3000
 
