@@ -45,7 +45,7 @@ SQL_TYPES: dict[str, dict[str, str]] = {
 def validate_identifier(name: str, what: str = "identifier") -> str:
     """Return `name` if it is a plain SQL identifier (optionally dotted), else raise ValueError."""
     parts = name.split(".")
-    if not name or not all(_IDENTIFIER.match(p) for p in parts):
+    if not name or not all(_IDENTIFIER.fullmatch(p) for p in parts):
         raise ValueError(
             f"{what} {name!r} is not a plain SQL identifier "
             "(letters, digits and underscores, not starting with a digit)"

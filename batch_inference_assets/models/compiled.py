@@ -1,8 +1,11 @@
 """Opt-in compiled tree predictor (lleaves): compiled once per model version, cached beside the
-model in the store, verified against LightGBM on a sample before use, else LightGBM is used."""
+model in the store with the sha256 of what was compiled, loaded only if its bytes match that hash,
+then verified against LightGBM on a sample before use, else LightGBM is used."""
 
+import hashlib
 import os
 import platform
+import re
 import shutil
 import tempfile
 import warnings
@@ -17,6 +20,12 @@ from batch_inference_assets.records import ModelHandle
 TOLERANCE = 1e-9
 VERIFY_ROWS = 2_000
 KINDS = ("lightgbm_binary", "lightgbm_regression")  # one output per row
+HASH_SUFFIX = ".sha256"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class UntrustedCompiledObject(ValueError):
+    """A cached object that is not what we compiled: it is never loaded (it is machine code)."""
 
 
 def _toolchain() -> str:
@@ -30,6 +39,46 @@ def cache_path(handle: ModelHandle) -> str:
     return handle.uri.rsplit("/", 1)[0] + f"/compiled/{_toolchain()}.o"
 
 
+def hash_path(cache: UPath) -> UPath:
+    """The sidecar beside a compiled object: the sha256 of the bytes compiled for this model
+    version (the object lives in the version's folder), in `sha256sum` format."""
+    return cache.parent / (cache.name + HASH_SUFFIX)
+
+
+def trusted_bytes(cache: UPath) -> bytes:
+    """The cached object's bytes, read once, if they hash to what was recorded when it was
+    compiled; raises UntrustedCompiledObject otherwise (no recorded hash included)."""
+    sidecar = hash_path(cache)
+    try:
+        recorded = sidecar.read_text().split()[0] if sidecar.exists() else ""
+    except (IndexError, UnicodeDecodeError):
+        recorded = ""
+    if not _SHA256.fullmatch(recorded):
+        raise UntrustedCompiledObject(
+            f"refusing compiled object {cache}: no hash was recorded when it was compiled "
+            f"({sidecar} is missing or unreadable)"
+        )
+    data = cache.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != recorded:
+        raise UntrustedCompiledObject(
+            f"refusing compiled object {cache}: its sha256 is {actual}, not {recorded} as "
+            "recorded when it was compiled"
+        )
+    return data
+
+
+def _write(path: UPath, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.protocol in ("", "file", "local"):
+        # Write beside the target, then rename: concurrent runs never see half a file.
+        tmp = Path(path.path).with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path.path)
+    else:
+        path.write_bytes(data)
+
+
 def _local_copy(path: UPath, folder: Path) -> Path:
     local = folder / path.name
     if path.protocol in ("", "file", "local"):
@@ -39,8 +88,11 @@ def _local_copy(path: UPath, folder: Path) -> Path:
 
 
 def ensure_compiled(model_file: UPath, cache: UPath) -> bool:
-    """Compile `model_file` into `cache` unless it is there already; True if it compiled now."""
+    """Compile `model_file` into `cache` and record its hash beside it, unless it is there
+    already; True if it compiled now. Raises UntrustedCompiledObject for a cached object that
+    does not match its recorded hash."""
     if cache.exists():
+        trusted_bytes(cache)
         return False
     import lleaves
 
@@ -49,30 +101,31 @@ def ensure_compiled(model_file: UPath, cache: UPath) -> bool:
         local_model = _local_copy(model_file, work)
         target = work / "model.o"
         lleaves.Model(model_file=str(local_model)).compile(cache=str(target))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        if cache.protocol in ("", "file", "local"):
-            # Write beside the target, then rename: concurrent runs never see half a file.
-            tmp = Path(cache.path).with_suffix(f".{os.getpid()}.tmp")
-            shutil.copyfile(target, tmp)
-            os.replace(tmp, cache.path)
-        else:
-            cache.fs.put_file(str(target), cache.path)
+        data = target.read_bytes()
+        # The hash first: whoever sees the object also sees the hash it must match.
+        digest = hashlib.sha256(data).hexdigest()
+        _write(hash_path(cache), f"{digest}  {cache.name}\n".encode())
+        _write(cache, data)
         return True
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 class CompiledPredictor:
-    """lleaves for speed; checked against LightGBM on the first batch it sees."""
+    """lleaves for speed: loads only an object matching the hash recorded when it was compiled
+    (else raises UntrustedCompiledObject), and checks it against LightGBM on the first batch."""
 
     def __init__(
         self, model_file: UPath, cache: UPath, reference: LightGBMPredictor, threads: int = 0
     ) -> None:
+        data = trusted_bytes(cache)
         import lleaves
 
         self._work = Path(tempfile.mkdtemp(prefix="bi-compiled-"))
         local_model = _local_copy(model_file, self._work)
-        local_cache = _local_copy(cache, self._work)
+        # lleaves loads the bytes that were hashed: a private copy, not the shared file.
+        local_cache = self._work / cache.name
+        local_cache.write_bytes(data)
         self.model = lleaves.Model(model_file=str(local_model))
         self.model.compile(cache=str(local_cache))
         self.reference = reference

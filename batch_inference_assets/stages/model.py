@@ -41,8 +41,9 @@ class Compilation:
 def compile_if_requested(
     spec: PipelineSpec, handle: ModelHandle, model_store: ModelStore
 ) -> Compilation | None:
-    """With `predictor: compiled`, compile once per version and cache beside the model.
-    Raises what the compiler raises; the caller falls back to LightGBM."""
+    """With `predictor: compiled`, compile once per version and cache beside the model with
+    its hash. Raises what the compiler raises, or UntrustedCompiledObject for a cached object
+    that does not match its recorded hash; the caller falls back to LightGBM."""
     if spec.model.predictor != "compiled" or handle.kind not in compiled.KINDS:
         return None
     cache = model_store.store.open_path(compiled.cache_path(handle))
@@ -55,8 +56,9 @@ def predictor_for(
     spec: PipelineSpec, model: ModelHandle, model_store: ModelStore
 ) -> tuple[Any, str | None]:
     """LightGBM (or the python predict_fn), or the cached compiled object when the spec allows
-    it; the second value is a warning for the log when a compiled predictor was asked for but
-    is missing. Raises ModelProblem when the model cannot be loaded."""
+    it and the object matches the hash recorded when it was compiled; the second value is a
+    warning for the log when a compiled predictor is missing or refused. Raises ModelProblem
+    when the model cannot be loaded, or when `predictor: compiled` finds an untrusted object."""
     try:
         base = kinds.load_predictor(
             model.kind, model_store.read_model_text(model), spec.model.predict_threads
@@ -65,9 +67,17 @@ def predictor_for(
         raise ModelProblem(str(err)) from err
     cache = model_store.store.open_path(compiled.cache_path(model))
     if model.kind in compiled.KINDS and spec.model.predictor != "lightgbm" and cache.exists():
-        predictor = compiled.CompiledPredictor(
-            model_store.store.open_path(model.uri), cache, base, spec.model.predict_threads
-        )
+        try:
+            predictor = compiled.CompiledPredictor(
+                model_store.store.open_path(model.uri), cache, base, spec.model.predict_threads
+            )
+        except compiled.UntrustedCompiledObject as err:
+            where = f"model {model.name}@{model.version}"
+            if spec.model.predictor == "compiled":
+                raise ModelProblem(
+                    f"{where}: {err}; delete it to compile it again, or set predictor: lightgbm"
+                ) from err
+            return base, f"pipeline {spec.name!r}, {where}: {err}; scoring with stock LightGBM"
         return predictor, None
     if spec.model.predictor == "compiled":
         return base, f"no compiled predictor at {cache}; scoring with LightGBM"
