@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails
 
 from batch_inference_assets.contracts import Column, ColumnType, Contract, validate_identifier
-from batch_inference_assets.sql import SqlTemplate
+from batch_inference_assets.sql import SqlTemplate, check_one_select
 
 PARTITION_COLUMN = "partition_date"
 SCORE_COLUMN = "score"
@@ -57,6 +57,19 @@ class _SqlSource(_Strict):
     )
     sql: str = Field(default="", description="The SQL inline, instead of sql_file.")
 
+    @field_validator("sql")
+    @classmethod
+    def _sql_is_one_select(cls, v: str) -> str:
+        return _one_select(v)
+
+
+def _one_select(sql: str) -> str:
+    """Reported at the `sql` field (a sql_file's text is checked once read: resolve_sql_files);
+    an empty one is left to the rule that asks for sql or sql_file."""
+    if sql.strip():
+        check_one_select(sql)
+    return sql
+
 
 class FeatureQuery(_SqlSource):
     """The feature SQL returns the id columns and the features; {schema} is the warehouse's
@@ -88,9 +101,42 @@ def _one_of_sql_or_file(sql: str, sql_file: str | None) -> None:
         raise ValueError("give sql or sql_file")
 
 
+MODEL_VERSION = re.compile(r"[0-9a-f]{16}")
+_MODEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The same rules in the JSON schema, so `dg check yaml` and editors flag them too.
+_NAME_SCHEMA: dict[str, Any] = {"pattern": f"^{_MODEL_NAME.pattern}$"}
+_REF_SCHEMA: dict[str, Any] = {"pattern": f"^({MODEL_VERSION.pattern}|{_MODEL_NAME.pattern})$"}
+
+
+def valid_model_name(value: str, what: str) -> str:
+    """A model's name or alias: a plain identifier, as the model store makes it a file name."""
+    if not _MODEL_NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not a plain identifier "
+            "(letters, digits and underscores, not starting with a digit)"
+        )
+    return value
+
+
+def valid_model_ref(value: str) -> str:
+    """An alias or a version (16 hex digits)."""
+    if MODEL_VERSION.fullmatch(value) or _MODEL_NAME.fullmatch(value):
+        return value
+    raise ValueError(
+        f"model ref {value!r} is neither an alias (a plain identifier: letters, digits and "
+        "underscores, not starting with a digit) nor a version (16 hex digits)"
+    )
+
+
 class ModelSpec(_Strict):
-    name: str
-    ref: str = Field(default="champion", description="An alias (e.g. champion) or a version.")
+    name: str = Field(
+        description="The model's name in the model store.", json_schema_extra=_NAME_SCHEMA
+    )
+    ref: str = Field(
+        default="champion",
+        description="An alias (e.g. champion) or a version.",
+        json_schema_extra=_REF_SCHEMA,
+    )
     kind: ModelKind = Field(
         default="lightgbm_binary",
         description="Must match the stored model's kind; python: a registered predict_fn.",
@@ -107,7 +153,12 @@ class ModelSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_identifier(cls, v: str) -> str:
-        return validate_identifier(v, "model name")
+        return valid_model_name(v, "model name")
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_is_alias_or_version(cls, v: str) -> str:
+        return valid_model_ref(v)
 
     @model_validator(mode="after")
     def _compiled_fits_the_kind(self) -> "ModelSpec":
@@ -267,6 +318,11 @@ class LandingSpec(_Strict):
     interval_seconds: int = Field(default=300, ge=10)
     enabled: bool = True
 
+    @field_validator("sql")
+    @classmethod
+    def _sql_is_one_select(cls, v: str) -> str:
+        return _one_select(v)
+
     @model_validator(mode="after")
     def _template_is_valid(self) -> "LandingSpec":
         SqlTemplate.parse(self.sql).check_parameters(set())
@@ -316,8 +372,13 @@ class TrainingSpec(_SqlSource):
     tolerance: float = Field(
         default=0.0, ge=0, description="How much worse than the champion, on the same holdout."
     )
-    promote_alias: str = "champion"
+    promote_alias: str = Field(default="champion", json_schema_extra=_NAME_SCHEMA)
     schedule: RetrainSchedule | None = None
+
+    @field_validator("promote_alias")
+    @classmethod
+    def _alias_is_identifier(cls, v: str) -> str:
+        return valid_model_name(v, "promote_alias")
 
     @model_validator(mode="after")
     def _template_is_valid(self) -> "TrainingSpec":

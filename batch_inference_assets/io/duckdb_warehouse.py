@@ -48,6 +48,26 @@ def _declared_type(sql_type: str, scale: int | None) -> ColumnType | None:
     return _DECLARED.get(sql_type)
 
 
+def one_statement(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    kind: duckdb.StatementType | None,
+    where: str,
+) -> duckdb.Statement:
+    """`sql` as DuckDB's own parser reads it, refused unless it is exactly one statement (of
+    `kind`). Run the Statement returned, never the string: DuckDB runs every statement of a
+    string it is given."""
+    statements = con.extract_statements(sql)
+    kinds = [s.type.name for s in statements]
+    if len(statements) != 1 or (kind is not None and statements[0].type != kind):
+        wanted = f"one {kind.name}" if kind is not None else "one statement"
+        raise WarehouseError(
+            f"{where}: refusing to run {len(statements)} statement(s) {kinds}, "
+            f"where {wanted} is allowed"
+        )
+    return statements[0]
+
+
 class DuckDBWarehouse(Warehouse):
     """A DuckDB file as the warehouse; concurrent runs wait for its single-writer lock."""
 
@@ -111,15 +131,20 @@ class DuckDBWarehouse(Warehouse):
         staging = Path(destination.path) if local else Path(tempfile.mkdtemp(prefix="bi-export-"))
         staging.parent.mkdir(parents=True, exist_ok=True)
         target = str(staging).replace("'", "''")
+        # On lines of its own, so a comment ending the query cannot swallow the `) TO`.
         copy = (
-            f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd, "
+            f"COPY (\n{sql}\n) TO '{target}' (FORMAT parquet, COMPRESSION zstd, "
             f"ROW_GROUP_SIZE {int(row_group_rows)}, FILE_SIZE_BYTES {int(max_file_bytes)}, "
             "FILENAME_PATTERN 'part_{i}')"
         )
+        where = f"{tag.pipeline} {tag.partition} ({tag.stage})"
         try:
             try:
                 with self.connect() as con:
-                    con.execute(copy, list(params))
+                    one_statement(con, sql, duckdb.StatementType.SELECT, where)
+                    con.execute(
+                        one_statement(con, copy, duckdb.StatementType.COPY, where), list(params)
+                    )
             except duckdb.Error as err:
                 raise WarehouseError(f"feature query failed: {err}") from err
             files = sorted(staging.glob("*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
@@ -163,7 +188,7 @@ class DuckDBWarehouse(Warehouse):
                 # A view over the scored files: checked, then inserted, without a copy.
                 con.read_parquet(list(request.files)).create_view(stage)
                 row = con.execute(
-                    request.staged_stats_sql(stage, "duckdb"), [request.partition_value]
+                    request.staged_stats_sql(stage, "duckdb"), request.staged_stats_params()
                 ).fetchone()
                 assert row is not None
             except BaseException as err:
@@ -211,7 +236,8 @@ class DuckDBWarehouse(Warehouse):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.connect() as con:
-            return con.sql(sql, params=list(params)).to_arrow_table()
+            statement = one_statement(con, sql, None, "query")
+            return con.sql(statement, params=list(params)).to_arrow_table()
 
     def published_table(self, table: str) -> str | None:
         validate_identifier(table, "output table")

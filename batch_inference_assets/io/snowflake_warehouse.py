@@ -30,6 +30,7 @@ from batch_inference_assets.io.warehouse import (
     WarehouseError,
     with_declared_types,
 )
+from batch_inference_assets.sql import SqlTemplateError, statement_count
 
 if TYPE_CHECKING:
     from dagster_snowflake import SnowflakeResource
@@ -66,9 +67,12 @@ def normalize_batch(table: pa.Table) -> pa.Table:
 
 
 def stage_path(*parts: str) -> str:
-    path = "/".join(p.strip("/") for p in parts if p)
-    if not _STAGE_PATH.match(path):
+    """`parts` joined into a path inside a stage: never `..`, `.` or an empty segment."""
+    path = "/".join(p.strip("/") for p in parts)
+    if not _STAGE_PATH.fullmatch(path):
         raise WarehouseError(f"refusing stage path {path!r}: unexpected characters")
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        raise WarehouseError(f"refusing stage path {path!r}: empty, '.' or '..' segment")
     return path
 
 
@@ -89,6 +93,21 @@ def unload_sql(
         f"FILE_FORMAT = (TYPE = PARQUET) HEADER = TRUE MAX_FILE_SIZE = {int(max_file_bytes)} "
         "OVERWRITE = TRUE"
     )
+
+
+def one_statement(sql: str, where: str) -> str:
+    """`sql`, refused unless it is one statement as Snowflake splits them, before it is sent.
+    Run it with `num_statements=1` too: the server then refuses more (MULTI_STATEMENT_COUNT=1,
+    whatever the account or session default), where fakesnow would run them all."""
+    try:
+        count = statement_count(sql, "snowflake")
+    except SqlTemplateError as err:
+        raise WarehouseError(f"{where}: refusing the query: {err}") from err
+    if count != 1:
+        raise WarehouseError(
+            f"{where}: refusing to run {count} statements as one query, where one is allowed"
+        )
+    return sql
 
 
 def copy_into_sql(table: str, stage: str, folder: str, files: Sequence[str] | None) -> str:
@@ -241,11 +260,12 @@ class SnowflakeWarehouse(Warehouse):
         tag: QueryTag,
     ) -> list[UPath]:
         destination = object_store.path(folder)
+        one_statement(sql, f"{tag.pipeline} {tag.partition} ({tag.stage})")
         with self.connect(tag) as con:
             cur = con.cursor()
             try:
                 self._use_warehouse(cur, self.export_warehouse)
-                cur.execute(sql, list(params))
+                cur.execute(sql, list(params), num_statements=1)
                 if self.export_via == "unload":
                     self._unload(cur, folder, max_file_bytes)
                     return sorted(destination.glob("*.parquet"), key=str)
@@ -355,7 +375,9 @@ class SnowflakeWarehouse(Warehouse):
     def _staged_stats(
         cur: SnowflakeCursor, request: PublishRequest, stage_table: str
     ) -> StagedStats:
-        cur.execute(request.staged_stats_sql(stage_table, "snowflake"), [request.partition_value])
+        cur.execute(
+            request.staged_stats_sql(stage_table, "snowflake"), request.staged_stats_params()
+        )
         row = cur.fetchone()
         assert row is not None
         return StagedStats(
@@ -365,6 +387,8 @@ class SnowflakeWarehouse(Warehouse):
             max_score=None if row[3] is None else float(row[3]),
             duplicate_ids=int(row[4]),
             other_partitions=int(row[5]),
+            foreign_runs=int(row[6]),
+            other_versions=int(row[7]),
         )
 
     def read_partition(self, table: str, partition_column: str, value: Any) -> pd.DataFrame:
@@ -398,9 +422,10 @@ class SnowflakeWarehouse(Warehouse):
         ]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        one_statement(sql, "query")
         with self.connect() as con:
             cur = con.cursor()
-            cur.execute(sql, list(params))
+            cur.execute(sql, list(params), num_statements=1)
             return normalize_batch(cur.fetch_arrow_all() or pa.table({}))
 
     def published_table(self, table: str) -> str | None:

@@ -54,6 +54,8 @@ class StagedStats:
     max_score: float | None
     duplicate_ids: int
     other_partitions: int
+    foreign_runs: int = 0  # rows whose run_id is none of the request's run_ids
+    other_versions: int = 0  # rows whose model_version is not the request's model_version
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,20 @@ class PublishRequest:
     id_columns: Sequence[str]
     score_column: str
     tag: QueryTag
+    # Provenance the gates hold the staged rows to (empty: not checked): the runs whose
+    # scores may be published (this run and the run it re-executes) and the model version.
+    run_ids: tuple[str, ...] = ()
+    model_version: str | None = None
+    run_id_column: str = "run_id"
+    model_version_column: str = "model_version"
+
+    def staged_stats_params(self) -> list[Any]:
+        """The values `staged_stats_sql` binds, in order."""
+        versions = [self.model_version] if self.model_version else []
+        return [self.partition_value, *self.run_ids, *versions]
 
     def staged_stats_sql(self, stage: str, dialect: str) -> str:
-        """One query over the staged rows; binds the partition value once."""
+        """One query over the staged rows; binds `staged_stats_params()`."""
 
         def q(name: str) -> str:
             return sql_identifier(name, dialect)
@@ -80,8 +93,19 @@ class PublishRequest:
             f"SELECT COUNT(*), COUNT(*) - COUNT({score}), MIN({score}), MAX({score}), "
             f"(SELECT COUNT(*) FROM (SELECT {ids} FROM {stage} GROUP BY {ids} "
             "HAVING COUNT(*) > 1) AS dupes), "
-            f"COALESCE(SUM(CASE WHEN {part} = ? THEN 0 ELSE 1 END), 0) FROM {stage}"
+            f"COALESCE(SUM(CASE WHEN {part} = ? THEN 0 ELSE 1 END), 0), "
+            f"{self._count_other(q(self.run_id_column), len(self.run_ids))}, "
+            f"{self._count_other(q(self.model_version_column), 1 if self.model_version else 0)} "
+            f"FROM {stage}"
         )
+
+    @staticmethod
+    def _count_other(column: str, allowed: int) -> str:
+        """Rows whose `column` is none of `allowed` bound values (0 when none are given)."""
+        if not allowed:
+            return "0"
+        values = ", ".join("?" * allowed)
+        return f"COALESCE(SUM(CASE WHEN {column} IN ({values}) THEN 0 ELSE 1 END), 0)"
 
     def column_list(self, dialect: str) -> str:
         return ", ".join(sql_identifier(c, dialect) for c in self.contract.names)
