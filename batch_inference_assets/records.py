@@ -98,6 +98,7 @@ class ShardManifest(Record):
 class ShardScore(Record):
     index: int
     path: str
+    run_id: str = ""  # the run that scored it: every row of the file carries it
     rows: int
     seconds: float
     peak_rss_bytes: int
@@ -122,6 +123,11 @@ class ScoredShards(Record):
     @property
     def paths(self) -> list[str]:
         return [s.path for s in sorted(self.shards, key=lambda s: s.index)]
+
+    @property
+    def run_ids(self) -> tuple[str, ...]:
+        """The runs that scored the shards (one, or two after a re-execution from failure)."""
+        return tuple(sorted({s.run_id for s in self.shards if s.run_id}))
 
 
 class PublishedPartition(Record):

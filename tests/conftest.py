@@ -268,7 +268,7 @@ def fault_env(root: Path, fast_pipelines: Path, monkeypatch: pytest.MonkeyPatch)
     env = {
         "BI_TEST_ROOT": str(root),
         "BI_TEST_PIPELINES_DIR": str(fast_pipelines),
-        "BI_TEST_FAULT_SUFFIX": f"scored/{DAY}/shard_00001.parquet",
+        "BI_TEST_FAULT_SUFFIX": f"scored/{DAY}/*/shard_00001.parquet",
         "BI_TEST_FAULT_MARKER": str(root / "fault-armed"),
         "BI_TEST_FAULT_MODE": "raise",
         "BI_TEST_EXECUTOR": "in_process",

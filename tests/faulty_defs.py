@@ -3,10 +3,10 @@
 Configured by environment variables set by the tests:
   BI_TEST_ROOT            data root (a seeded copy)
   BI_TEST_PIPELINES_DIR   pipeline YAML folder (fast retries for tests)
-  BI_TEST_FAULT_SUFFIX    object path whose write fails, e.g. scored/2026-10-15/shard_00001.parquet
+  BI_TEST_FAULT_SUFFIX    pattern of the object path whose write fails,
+                          e.g. scored/2026-10-15/*/shard_00001.parquet
   BI_TEST_FAULT_MARKER    the fault fires only while this file exists
   BI_TEST_FAULT_MODE      raise | raise_once | kill (SIGKILL of the step's own process) | hang;
-                          a non-empty marker file overrides it with its own text | hang;
                           a non-empty marker file overrides it with its own text
   BI_TEST_EXECUTOR        in_process | multiprocess (default)
 """
@@ -14,6 +14,7 @@ Configured by environment variables set by the tests:
 import os
 import signal
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 
 import dagster as dg
@@ -34,7 +35,7 @@ class FaultyObjectStore(LocalObjectStore):
     def path(self, *parts: str) -> UPath:
         target = super().path(*parts)
         marker = Path(self.marker)
-        if self.fail_suffix and str(target).endswith(self.fail_suffix) and marker.exists():
+        if self.fail_suffix and fnmatch(str(target), f"*{self.fail_suffix}") and marker.exists():
             mode = marker.read_text().strip() or self.mode
             if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
+from batch_inference_assets.assets.common import run_pipelines
+
 if TYPE_CHECKING:
     from batch_inference_assets.assets.pipeline import Pipeline
 
@@ -126,15 +128,6 @@ def step_failure_message(event: dg.DagsterEvent) -> str:
     if data.user_failure_data and data.user_failure_data.description:
         return data.user_failure_data.description
     return data.error.message.strip() if data.error else "step failed"
-
-
-def run_pipelines(run: dg.DagsterRun, steps: Sequence[str], known: Sequence[str]) -> list[str]:
-    """Which of our pipelines a run belongs to: from its `pipeline` tag (our jobs), its asset
-    selection (UI and CLI materializations) or its steps; none for another team's run."""
-    names = {run.tags.get("pipeline", "")}
-    names |= {k.path[0].removesuffix("_training") for k in run.asset_selection or ()}
-    names |= {s.split("__", 1)[0] for s in steps if "__" in s}
-    return sorted(names & set(known))
 
 
 def build_run_failure_alert_sensor(pipelines: Sequence[str]) -> dg.SensorDefinition:

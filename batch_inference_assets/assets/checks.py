@@ -66,6 +66,9 @@ REGISTRY: dict[str, Check] = {
               "trained on; unseen values are scored as missing."),
         Check(publish.ROW_COUNT_MATCHES_SOURCE, True, "The staged rows are exactly the source "
               "rows of this partition; gates the publishing transaction."),
+        Check(publish.SCORES_ARE_FROM_THIS_RUN, True, "Every staged row was scored by this "
+              "run (or the run it re-executes from failure) with the partition's model "
+              "version; gates the publishing transaction."),
         Check(publish.SCORES_ARE_NOT_NULL, True, "No staged score is null; gates the "
               "publishing transaction."),
         Check(publish.SCORES_IN_UNIT_INTERVAL, True, "Every staged score of a classifier lies "

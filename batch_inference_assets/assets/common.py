@@ -1,5 +1,6 @@
 """What every asset module shares: keys, the partition's day, failures that name the pipeline."""
 
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -49,6 +50,63 @@ def partitions(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
 
 def day(context: Context) -> date:
     return datetime.strptime(context.partition_key, "%Y-%m-%d").date()
+
+
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def run_pipelines(run: dg.DagsterRun, steps: Sequence[str], known: Sequence[str]) -> list[str]:
+    """Which of our pipelines a run belongs to: from its `pipeline` tag (our jobs), its asset
+    selection (UI and CLI materializations) or its steps; none for another team's run."""
+    names = {run.tags.get("pipeline", "")}
+    names |= {k.path[0].removesuffix("_training") for k in run.asset_selection or ()}
+    names |= {s.split("__", 1)[0] for s in steps if "__" in s}
+    return sorted(names & set(known))
+
+
+def run_lineage(context: Context) -> tuple[str, ...]:
+    """This run and the runs it re-executes (parent, grandparent, ...): the runs whose outputs
+    it may reuse."""
+    ids, run = [], context.dagster_run
+    while run is not None:
+        ids.append(run.run_id)
+        run = context.instance.get_run_by_id(run.parent_run_id) if run.parent_run_id else None
+    return tuple(ids)
+
+
+def earlier_run_of_the_day(spec: PipelineSpec, context: Context) -> str | None:
+    """Another run of this pipeline and partition, created before this one and still queued or
+    in progress, however either was launched. The earlier run goes on; the later one stops, so
+    one partition is never written by two runs at once."""
+    instance, day_tag = context.instance, {"dagster/partition": context.partition_key}
+    mine = instance.get_run_record_by_id(context.run_id)
+    if mine is None:
+        return None
+    lineage = set(run_lineage(context))
+    for record in instance.get_run_records(
+        filters=dg.RunsFilter(statuses=ACTIVE_STATUSES, tags=day_tag)
+    ):
+        run = record.dagster_run
+        if run.run_id in lineage or spec.name not in run_pipelines(run, [], [spec.name]):
+            continue
+        if (record.create_timestamp, run.run_id) < (mine.create_timestamp, mine.dagster_run.run_id):
+            return run.run_id
+    return None
+
+
+def stop_if_another_run_has_the_day(spec: PipelineSpec, context: Context, stage: str) -> None:
+    other = earlier_run_of_the_day(spec, context)
+    if other:
+        raise fail(
+            spec, context, stage,
+            f"run {other} of this partition started first and is still queued or in "
+            "progress; this run stops without publishing (run the day again once it is done)",
+        )  # fmt: skip
 
 
 def fail(

@@ -14,6 +14,7 @@ from batch_inference_assets.assets.common import (
     fail,
     key,
     partitions,
+    stop_if_another_run_has_the_day,
 )
 from batch_inference_assets.contracts import arrow_schema_to_table_schema
 from batch_inference_assets.io.object_store import ObjectStore
@@ -41,6 +42,7 @@ def source_features_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         object_store: ObjectStore,
         model: ModelHandle,
     ) -> Iterator[Any]:
+        stop_if_another_run_has_the_day(spec, context, "source_features")
         window = context.partition_time_window
         try:
             export = features.export_features(
@@ -74,7 +76,9 @@ def source_features_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
                 "bytes": export.bytes,
                 "files": len(export.files),
                 "query_seconds": export.query_seconds,
-                "path": str(object_store.path(spec.name, "features", context.partition_key)),
+                "path": str(
+                    object_store.path(spec.name, "features", context.partition_key, context.run_id)
+                ),
             },
         )
         yield from results

@@ -15,6 +15,7 @@ from batch_inference_assets.assets.common import (
     fail,
     key,
     partitions,
+    stop_if_another_run_has_the_day,
 )
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
@@ -47,10 +48,11 @@ def predictions_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         scored: ScoredShards,
     ) -> Iterator[Any]:
         started = time.perf_counter()
+        stop_if_another_run_has_the_day(spec, context, "predictions")
         try:
             staged, gates = publish.publish_partition(
                 spec, warehouse, object_store, scored, day(context), context.run_id
-            )
+            )  # fmt: skip
         except publish.PublicationRejected as rejected:
             yield from checks.gate_results(rejected.gates)
             raise fail(spec, context, "predictions", f"nothing published: {rejected}") from rejected

@@ -1,7 +1,8 @@
 """Retention: delete intermediate Parquet (exports, scored shards) older than a TTL.
 
-Only the object store's `<pipeline>/features/<day>/` and `<pipeline>/scored/<day>/` folders are
-considered; published tables, records and drift profiles are never touched.
+Only the object store's `<pipeline>/features/<day>/<run_id>/` and
+`<pipeline>/scored/<day>/<run_id>/` folders are considered; published tables, records and drift
+profiles are never touched.
 """
 
 import time
@@ -22,12 +23,14 @@ class Expired:
     path: UPath
     age_days: float
     files: int
+    in_day_folder: bool = True  # a run's folder inside its day's (not a whole day's)
 
 
 def expired_folders(
     store: ObjectStore, pipelines: Sequence[str], ttl_days: float, now: float
 ) -> list[Expired]:
-    """Day folders whose newest file is older than `ttl_days` (a re-run keeps its day alive)."""
+    """Run folders (`<p>/<stage>/<day>/<run_id>/`) whose newest file is older than `ttl_days`;
+    a day folder of the older layout, with its files directly inside, counts as one."""
     out = []
     for pipeline in pipelines:
         for stage in INTERMEDIATE_STAGES:
@@ -35,11 +38,15 @@ def expired_folders(
             if not root.exists():
                 continue
             for day in sorted(p for p in root.iterdir() if p.is_dir()):
-                files = [f for f in day.iterdir() if f.is_file()]
-                newest = max((f.stat().st_mtime for f in files), default=0.0)
-                age = (now - newest) / 86400
-                if age > ttl_days:
-                    out.append(Expired(day, round(age, 2), len(files)))
+                entries = list(day.iterdir())
+                runs = [p for p in entries if p.is_dir()]
+                loose = [f for f in entries if f.is_file()]
+                for folder in [*sorted(runs, key=str), *([day] if loose else [])]:
+                    files = [f for f in folder.iterdir() if f.is_file()]
+                    newest = max((f.stat().st_mtime for f in files), default=0.0)
+                    age = (now - newest) / 86400
+                    if age > ttl_days and (folder != day or not runs):
+                        out.append(Expired(folder, round(age, 2), len(files), folder != day))
     return out
 
 
@@ -63,6 +70,9 @@ def build_retention_job(
             )
             if not config.dry_run:
                 object_store.remove_tree(e.path)
+                day = e.path.parent
+                if e.in_day_folder and day.exists() and not any(day.iterdir()):
+                    object_store.remove_tree(day)
         return dg.Output(
             len(expired),
             metadata={

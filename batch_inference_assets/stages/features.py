@@ -92,8 +92,10 @@ def export_features(
     sql, params = render_query(spec, warehouse.feature_schema, day, window)
     if spec.output.mode == "incremental":
         sql, params = only_unpublished(spec, warehouse, sql, params, day)
-    folder = f"{spec.name}/features/{partition}"
-    object_store.remove_tree(object_store.path(folder))  # a re-run must not keep stale files
+    # One folder per run: no run reads or deletes another's export. A retry of this run's step
+    # starts it afresh.
+    folder = f"{spec.name}/features/{partition}/{run_id}"
+    object_store.remove_tree(object_store.path(folder))
     started = time.perf_counter()
     paths = warehouse.export_query(
         sql,

@@ -29,8 +29,10 @@ ROW_COUNT_MATCHES_SOURCE = "row_count_matches_source"
 SCORES_ARE_NOT_NULL = "scores_are_not_null"
 SCORES_IN_UNIT_INTERVAL = "scores_in_unit_interval"
 IDS_ARE_UNIQUE = "ids_are_unique"
+SCORES_ARE_FROM_THIS_RUN = "scores_are_from_this_run"
 BLOCKING_CHECKS = (
     ROW_COUNT_MATCHES_SOURCE,
+    SCORES_ARE_FROM_THIS_RUN,
     SCORES_ARE_NOT_NULL,
     SCORES_IN_UNIT_INTERVAL,
     IDS_ARE_UNIQUE,
@@ -65,6 +67,12 @@ def evaluate_gates(staged: StagedStats, source_rows: int, classifier: bool) -> l
             ),
         ),
         GateResult(
+            SCORES_ARE_FROM_THIS_RUN,
+            staged.foreign_runs == 0 and staged.other_versions == 0,
+            f"{staged.foreign_runs} rows scored by another run, {staged.other_versions} rows "
+            "by another model version",
+        ),
+        GateResult(
             SCORES_ARE_NOT_NULL, staged.null_scores == 0, f"{staged.null_scores} null scores"
         ),
         GateResult(
@@ -88,7 +96,11 @@ def publish_partition(
     run_id: str,
 ) -> tuple[StagedStats, list[GateResult]]:
     """Stage the scored files, gate the staged rows, then commit them as the partition (replace
-    or append, one transaction) or roll back and raise PublicationRejected."""
+    or append, one transaction) or roll back and raise PublicationRejected.
+
+    Every staged row must carry the run id that the manifest records for its shard (this run's,
+    the re-executed run's for reused shards, or the scoring run's when only `predictions` runs)
+    and the manifest's model version: files changed or written by another run are refused."""
     classifier = spec.model.is_classifier
     if not scored.paths:  # incremental mode with nothing new: the table stays as it is
         nothing = StagedStats(0, 0, None, None, 0, 0)
@@ -107,6 +119,8 @@ def publish_partition(
         id_columns=spec.features.id_columns,
         score_column=SCORE_COLUMN,
         tag=QueryTag(spec.name, day.isoformat(), run_id, "predictions"),
+        run_ids=scored.run_ids or (run_id,),
+        model_version=scored.model_version,
     )
     with warehouse.stage_publication(request, object_store) as staged:
         gates = evaluate_gates(staged.stats, scored.source_rows, classifier)

@@ -48,9 +48,12 @@ class ScoringRun:
     timeout_seconds: float = float("inf")
 
 
-def scored_path(object_store: ObjectStore, pipeline: str, partition: str, shard: Shard) -> UPath:
-    """Deterministic per partition and shard, so a retry overwrites instead of duplicating."""
-    return object_store.path(pipeline, "scored", partition, f"{shard.key}.parquet")
+def scored_path(
+    object_store: ObjectStore, pipeline: str, partition: str, run_id: str, shard: Shard
+) -> UPath:
+    """One folder per run, so no run reads or overwrites another's shards; deterministic per
+    run and shard, so a retry overwrites instead of duplicating."""
+    return object_store.path(pipeline, "scored", partition, run_id, f"{shard.key}.parquet")
 
 
 def peak_rss_bytes() -> int:
@@ -132,7 +135,7 @@ def score_shard(
 ) -> ShardScore:
     """Score `shard` batch by batch; the output file appears whole or not at all."""
     started = time.perf_counter()
-    target = scored_path(object_store, run.pipeline, run.partition.isoformat(), shard)
+    target = scored_path(object_store, run.pipeline, run.partition.isoformat(), run.run_id, shard)
     columns = list(dict.fromkeys([*run.id_columns, *(f.name for f in model.features)]))
     acc = _ShardAccumulator(model)
     tmp = temp_file_for(target)
@@ -156,6 +159,7 @@ def score_shard(
     return ShardScore(
         index=shard.index,
         path=str(target),
+        run_id=run.run_id,
         rows=acc.rows,
         seconds=round(time.perf_counter() - started, 4),
         peak_rss_bytes=peak_rss_bytes(),

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dagster._core.utils import make_new_run_id
 
 from batch_inference_assets import PipelineSpec, build_pipeline
 from batch_inference_assets.models.lightgbm_model import train_lightgbm
@@ -181,12 +182,13 @@ class PublishOnly:
         self.pipeline = build_pipeline(spec)
         self.resources = resources
         predictions = dg.AssetSelection.assets(self.pipeline.key("predictions"))
-        assert dg.materialize(
+        scoring = dg.materialize(
             self.pipeline.assets, selection=predictions.upstream(include_self=False),
             partition_key=DAY, resources=resources,
-        ).success  # fmt: skip
+        )  # fmt: skip
+        assert scoring.success
         folder = Path(resources["object_store"].root) / "churn" / "scored" / DAY
-        self.scored = sorted(folder.glob("*.parquet"))
+        self.scored = sorted((folder / scoring.run_id).glob("*.parquet"))  # this run's shards
 
     def publish(self) -> dg.ExecuteInProcessResult:
         return dg.materialize(
@@ -292,3 +294,55 @@ def test_nan_counts_as_missing_and_unseen_categories_warn(
     assert not checks["categories_are_known"].passed
     assert "region=10.0%" in checks["categories_are_known"].description
     assert checks["features_are_populated"].passed and checks["ids_are_not_null"].passed
+
+
+@pytest.mark.parametrize("column", ["run_id", "model_version"])
+def test_a_shard_file_that_is_not_the_manifests_is_refused(
+    column: str, resources: dict[str, Any], published: pa.Table, churn_spec: PipelineSpec
+) -> None:
+    """A scored file rewritten at its path (another run of the day, another model version):
+    the publication gate compares every row with the manifest and publishes nothing."""
+    run = PublishOnly(churn_spec, resources)
+    shard = run.scored[0]
+    t = pq.read_table(shard)
+    i = t.schema.get_field_index(column)
+    pq.write_table(t.set_column(i, t.schema.field(i), pa.repeat("intruder", t.num_rows)), shard)
+    result = run.publish()
+    what = "scored by another run" if column == "run_id" else "by another model version"
+    _assert_failed_cleanly(
+        result, resources, published, "nothing published", f"{t.num_rows} rows {what}"
+    )
+    assert check_results(result)[("predictions", "scores_are_from_this_run")] is False
+
+
+def test_a_second_run_of_a_day_in_progress_stops_before_writing(
+    churn_spec: PipelineSpec, resources: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two runs of one day never write it together: the one created later stops, however
+    either was launched (here, an earlier UI run still in progress in the same instance)."""
+    assets = build_pipeline(churn_spec).assets
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        assert dg.materialize(assets, partition_key=DAY, resources=resources, instance=instance)
+        before = read_table(resources)
+        earlier = instance.add_run(
+            dg.DagsterRun(
+                job_name="__ASSET_JOB", run_id=make_new_run_id(),
+                status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": DAY},
+                asset_selection=frozenset({dg.AssetKey(["churn", "predictions"])}),
+            )
+        )  # fmt: skip
+        result = dg.materialize(
+            assets, partition_key=DAY, resources=resources, instance=instance,
+            raise_on_error=False,
+        )  # fmt: skip
+        message = _assert_failed_cleanly(result, resources, before, "source_features")
+        assert f"run {earlier.run_id} of this partition started first" in message
+        # Another day, or the same day once the earlier run has ended, runs as usual.
+        instance.report_run_canceled(earlier)
+        again = dg.materialize(assets, partition_key=DAY, resources=resources, instance=instance)
+        assert again.success
+        assert set(
+            read_table(resources, "WHERE partition_date = ?", (DAY,))["run_id"].to_pylist()
+        ) == {again.run_id}

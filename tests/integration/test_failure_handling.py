@@ -197,18 +197,31 @@ def test_progress_and_cost_are_recorded(
 def test_retention_deletes_only_old_intermediate_files(
     materialize: Materialize, resources: dict[str, Any], root: Path
 ) -> None:
-    for day in (OTHER_DAYS[0], DAY):
-        assert materialize(day).success
+    first, second = materialize(OTHER_DAYS[0]), materialize(OTHER_DAYS[0])
+    assert first.success and second.success and materialize(DAY).success
     table = read_table(resources)
     store = root / "object_store" / "churn"
-    old = time.time() - 10 * 86400
-    for folder in (store / "features" / OTHER_DAYS[0], store / "scored" / OTHER_DAYS[0]):
-        for f in folder.iterdir():
-            os.utime(f, (old, old))
     job, schedule = build_retention_job(["churn"])
     assert schedule.cron_schedule == "30 3 * * *"
-    result = job.execute_in_process(resources={"object_store": resources["object_store"]})
-    assert result.success and result.output_for_node("delete_expired_intermediate_files") == 2
+
+    def age(run_id: str) -> None:
+        old = time.time() - 10 * 86400
+        for stage in ("features", "scored"):
+            for f in (store / stage / OTHER_DAYS[0] / run_id).iterdir():
+                os.utime(f, (old, old))
+
+    def clean() -> int:
+        result = job.execute_in_process(resources={"object_store": resources["object_store"]})
+        assert result.success
+        return int(result.output_for_node("delete_expired_intermediate_files"))
+
+    age(first.run_id)  # each run has its own folders: the old run's go, the newer run's stay
+    assert clean() == 2
+    for stage in ("features", "scored"):
+        assert not (store / stage / OTHER_DAYS[0] / first.run_id).exists()
+        assert (store / stage / OTHER_DAYS[0] / second.run_id).exists()
+    age(second.run_id)  # then the day's last run, and its emptied day folders
+    assert clean() == 2
     assert not (store / "features" / OTHER_DAYS[0]).exists()
     assert not (store / "scored" / OTHER_DAYS[0]).exists()
     assert (store / "scored" / DAY).exists() and (store / "features" / DAY).exists()

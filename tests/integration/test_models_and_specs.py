@@ -98,7 +98,10 @@ def test_a_rejected_candidate_leaves_the_champion_and_alerts(
     store: ModelStore = resources["model_store"]
     seeded = store.resolve("churn", "champion")
     spec = with_training(churn_spec, **changes)
+    sensor = build_check_alert_sensor([build_pipeline(spec)])
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        watching = dg.build_sensor_context(instance=instance, resources={"alerter": Alerter()})
+        sensor(watching)  # the alert sensor is on before the training run
         done = train(spec, resources, instance)
         assert not done.success
         assert check_results(done)[("candidate_model", "promotion_gate")] is False
@@ -117,11 +120,11 @@ def test_a_rejected_candidate_leaves_the_champion_and_alerts(
         }
         assert materialized == {"candidate_model"}
 
-        sensor = build_check_alert_sensor([build_pipeline(spec)])
         with webhook_recorder() as (url, received):
             ctx = dg.build_sensor_context(
-                instance=instance, resources={"alerter": Alerter(webhook_url=url)}
-            )
+                instance=instance, cursor=watching.cursor,
+                resources={"alerter": Alerter(webhook_url=url)},
+            )  # fmt: skip
             sensor(ctx)
     assert [a["check"] for a in received] == ["promotion_gate"]
     assert received[0]["severity"] == "ERROR"

@@ -71,7 +71,8 @@ def test_fan_out_writes_one_file_per_shard_and_balances(materialize: Materialize
     rows = [s.rows for s in scored.shards]
     assert sum(rows) == SEED_CUSTOMERS and max(rows) - min(rows) <= max(groups)
     assert all(
-        p.endswith(f"scored/{DAY}/shard_{i:05d}.parquet") for i, p in enumerate(scored.paths)
+        p.endswith(f"scored/{DAY}/{result.run_id}/shard_{i:05d}.parquet")
+        for i, p in enumerate(scored.paths)
     )
     score_steps = [
         e for e in result.all_events

@@ -79,7 +79,7 @@ def test_graph_on_duckdb_with_s3_object_and_model_store(
     assert result.success, failure_message(result)
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key=S3_KEY, secret=S3_SECRET)
     assert fs.ls(f"{s3_bucket}/bi/churn/features/{DAY}")  # the export went to S3
-    scored = fs.ls(f"{s3_bucket}/bi/churn/scored/{DAY}")
+    scored = fs.ls(f"{s3_bucket}/bi/churn/scored/{DAY}/{result.run_id}")
     assert len(scored) == len(result.output_for_node("churn__shard_manifest").shards) >= 2
     assert fs.exists(f"{s3_bucket}/bi/records/churn/scored_shards/{DAY}.json")
     # The published table is the predictions' only copy: their IO manager stores nothing.

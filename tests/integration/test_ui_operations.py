@@ -124,7 +124,7 @@ def dagster(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "DAGSTER_HOME": str(home),
         "BI_TEST_ROOT": str(root),
         "BI_TEST_PIPELINES_DIR": str(pipelines),
-        "BI_TEST_FAULT_SUFFIX": f"scored/{DAY}/shard_00001.parquet",
+        "BI_TEST_FAULT_SUFFIX": f"scored/{DAY}/*/shard_00001.parquet",
         "BI_TEST_FAULT_MARKER": str(root / "fault-armed"),
         "BI_TEST_FAULT_MODE": "raise",
         "BI_TEST_EXECUTOR": "in_process",
