@@ -295,3 +295,18 @@ def stop_group(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def silent_peer() -> Iterator[str]:
+    """A loopback TCP server that accepts connections and never answers: what a client sees
+    of a stopped (SIGSTOP) or wedged server whose kernel still completes the handshake."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()

@@ -74,6 +74,12 @@ class S3ObjectStore(ObjectStore):
     max_attempts: int = Field(
         default=5, description="Attempts per S3 call (botocore's standard retry mode)."
     )
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Per connection attempt; then botocore retries."
+    )
+    read_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Per read of a response; a hung S3 fails, not waits."
+    )
     aws_access_key_id: str | None = Field(
         default=None, description="Omit (with the secret) to use the profile or the AWS chain."
     )
@@ -95,7 +101,11 @@ class S3ObjectStore(ObjectStore):
     @property
     def storage_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "config_kwargs": {"retries": {"max_attempts": self.max_attempts, "mode": "standard"}}
+            "config_kwargs": {
+                "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                "connect_timeout": self.connect_timeout_seconds,
+                "read_timeout": self.read_timeout_seconds,
+            }
         }
         if self.endpoint_url:
             options["endpoint_url"] = self.endpoint_url

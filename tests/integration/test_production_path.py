@@ -1,6 +1,7 @@
 """The production path over real protocols: S3 through moto, Snowflake through fakesnow."""
 
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +38,7 @@ from tests.servers import (
     moto_s3_with_auth,
     s3_internal_errors,
     seeded_features,
+    silent_peer,
     snowflake_login_refused,
 )
 
@@ -463,3 +465,29 @@ def test_incremental_mode_on_snowflake_appends_only_new_ids(
     third = _run(spec, production)  # nothing new: succeeds and changes nothing
     assert third.success, failure_message(third)
     assert _predictions(snowflake, DAY).equals(table)
+
+
+def test_a_hung_s3_fails_in_bounded_time_naming_the_bucket() -> None:
+    """Connect and read timeouts are set (botocore's own are 60 s per read, times the retries,
+    and s3fs waits on them): a server that accepts and never answers fails the call."""
+    outcome: list[BaseException] = []
+
+    def verify(store: S3ObjectStore) -> None:
+        try:
+            store.verify()
+        except BaseException as err:
+            outcome.append(err)
+
+    with silent_peer() as url:
+        store = S3ObjectStore(
+            bucket="bi-silent", endpoint_url=url, aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET, connect_timeout_seconds=1, read_timeout_seconds=1,
+            max_attempts=2,
+        )  # fmt: skip
+        assert store.storage_options["config_kwargs"]["read_timeout"] == 1
+        call = threading.Thread(target=verify, args=(store,), daemon=True)
+        call.start()
+        call.join(timeout=120)
+        assert not call.is_alive(), "still waiting on a server that never answers"
+    assert len(outcome) == 1 and isinstance(outcome[0], ObjectStoreError)
+    assert "bi-silent" in str(outcome[0]) and "timeout" in str(outcome[0]).lower()
