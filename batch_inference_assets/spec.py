@@ -224,6 +224,14 @@ class Sharding(_Strict):
     target_mb: float | None = Field(default=128.0, gt=0)
     max_parallel: int = Field(default=8, ge=1, le=1024)
     batch_rows: int = Field(default=65_536, ge=1024)
+    batch_bytes: int = Field(
+        default=64 * 2**20,
+        ge=2**20,
+        description="The most bytes one scoring batch may hold in memory (its id and feature "
+        "columns as Arrow), besides batch_rows: wide rows or long strings make batches of fewer "
+        "rows. A single row wider than this fails its shard, naming the row's size; raise it "
+        "above that. Default 64 MiB (67108864).",
+    )
     step_resources: StepResources = StepResources()
 
     @model_validator(mode="after")

@@ -24,6 +24,9 @@ from batch_inference_assets.progress import CostModel
 DEPLOYMENTS = ("local", "snowflake_s3")
 DEMO_FEATURE_SCHEMA = "raw"
 DEMO_OUTPUT_SCHEMA = "predictions"
+# DuckDB's share of a laptop: it spills past this into `<root>/duckdb_tmp`.
+LOCAL_DUCKDB_MEMORY_LIMIT = "512MB"
+LOCAL_DUCKDB_TEMP_DIR = "duckdb_tmp"
 
 
 def role_resources(
@@ -73,6 +76,8 @@ def local_resources(root: Path) -> dict[str, Any]:
             database=str(root / "warehouse.duckdb"),
             schema_name=DEMO_FEATURE_SCHEMA,
             output_schema=DEMO_OUTPUT_SCHEMA,
+            memory_limit=LOCAL_DUCKDB_MEMORY_LIMIT,
+            temp_directory=str(root / LOCAL_DUCKDB_TEMP_DIR),
         ),
         LocalObjectStore(root=str(root / "object_store")),
         ModelStore(store=LocalObjectStore(root=str(root / "models"))),

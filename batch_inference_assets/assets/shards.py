@@ -107,6 +107,7 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
             id_columns=spec.features.id_columns,
             output=spec.output_contract,
             batch_rows=spec.sharding.batch_rows,
+            batch_bytes=spec.sharding.batch_bytes,
             timeout_seconds=spec.timeouts.shard_seconds,
         )
         try:

@@ -77,7 +77,15 @@ class DuckDBWarehouse(Warehouse):
     lock_timeout_seconds: float = Field(default=120.0, gt=0)
     threads: int = Field(default=2, ge=1)
     memory_limit: str = Field(
-        default="512MB", description="DuckDB spills to disk beyond this (bounds the step's RSS)."
+        default="512MB",
+        description="DuckDB's memory_limit on every connection (e.g. 512MB, 2GiB): it spills "
+        "to temp_directory beyond this, which bounds a step's RSS.",
+    )
+    temp_directory: str | None = Field(
+        default=None,
+        description="Where DuckDB spills past memory_limit (a local folder, made when it first "
+        "spills and removed when the connection closes); default: DuckDB's own, "
+        "`<database>.tmp` beside the file.",
     )
 
     @property
@@ -92,23 +100,35 @@ class DuckDBWarehouse(Warehouse):
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         deadline = time.monotonic() + self.lock_timeout_seconds
         delay = 0.05
+        config: dict[str, Any] = {
+            "threads": self.threads,
+            "memory_limit": self.memory_limit,
+            # Row order of exports and loads is irrelevant; keeping it costs memory.
+            "preserve_insertion_order": False,
+        }
+        if self.temp_directory is not None:
+            # DuckDB makes (and at close removes) only the last folder, when it first spills.
+            try:
+                Path(self.temp_directory).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise WarehouseError(
+                    f"cannot create DuckDB's temp_directory {self.temp_directory}: {err}"
+                ) from err
+            config["temp_directory"] = self.temp_directory
         while True:
             try:
-                con = duckdb.connect(
-                    self.database,
-                    config={
-                        "threads": self.threads,
-                        "memory_limit": self.memory_limit,
-                        # Row order of exports and loads is irrelevant; keeping it costs memory.
-                        "preserve_insertion_order": False,
-                    },
-                )
+                con = duckdb.connect(self.database, config=config)
                 break
             except duckdb.IOException as err:
                 if not any(m in str(err) for m in _LOCK_MARKERS) or time.monotonic() > deadline:
                     raise WarehouseError(f"cannot open DuckDB file {self.database}: {err}") from err
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            except duckdb.Error as err:  # e.g. a memory_limit DuckDB cannot read
+                raise WarehouseError(
+                    f"cannot open DuckDB file {self.database} with memory_limit "
+                    f"{self.memory_limit!r}, temp_directory {self.temp_directory!r}: {err}"
+                ) from err
         try:
             yield con
         finally:

@@ -24,14 +24,23 @@ from batch_inference_assets.records import (
     ShardManifest,
     ShardScore,
 )
-from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN
+from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN, Sharding
 from batch_inference_assets.stages import stats
 
 FEATURE_SAMPLE_ROWS_PER_BATCH = 8_192
+DEFAULT_BATCH_BYTES: int = Sharding.model_fields["batch_bytes"].default
+# Rows read once to learn how much bigger in memory than in the file a shard's rows are.
+PROBE_ROWS = 1_024
+# Batches aim a little below batch_bytes: rows vary in width, and a batch above it is cut.
+FILL = 0.9
 
 
 class ShardTimeout(TimeoutError):
     pass
+
+
+class RowTooWide(ValueError):
+    """A row whose columns alone are above the byte bound of a batch: no batch size fits it."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class ScoringRun:
     id_columns: list[str]
     output: Contract
     batch_rows: int
+    batch_bytes: int = DEFAULT_BATCH_BYTES
     timeout_seconds: float = float("inf")
 
 
@@ -60,16 +70,102 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def iter_shard_batches(
-    shard: Shard, columns: list[str], batch_rows: int, object_store: ObjectStore
+def _encoded_bytes_per_row(row_group: pq.RowGroupMetaData, columns: list[str]) -> float:
+    """The selected columns' uncompressed size in the file, per row: what sizes a batch before
+    anything is read. Dictionary and run-length encoded columns are much smaller there than
+    decoded, hence _BatchSizer's correction."""
+    wanted = set(columns)
+    chunks = (row_group.column(i) for i in range(row_group.num_columns))
+    size = sum(
+        c.total_uncompressed_size for c in chunks if c.path_in_schema.split(".")[0] in wanted
+    )
+    return size / max(row_group.num_rows, 1)
+
+
+def _read(
+    reader: pq.ParquetFile, group: int, columns: list[str], rows: int
 ) -> Iterator[pa.RecordBatch]:
+    return reader.iter_batches(
+        batch_size=rows, row_groups=[group], columns=columns, use_threads=True
+    )
+
+
+@dataclass
+class _BatchSizer:
+    """Rows per batch from the file's sizes, corrected by how much bigger the rows read so far
+    were in memory than in the file."""
+
+    batch_rows: int
+    batch_bytes: int
+    read_bytes: int = 0
+    encoded_bytes: float = 0.0
+
+    @property
+    def calibrated(self) -> bool:
+        return self.encoded_bytes > 0
+
+    def observe(self, batch: pa.RecordBatch, encoded_per_row: float) -> None:
+        self.read_bytes += batch.nbytes
+        self.encoded_bytes += encoded_per_row * batch.num_rows
+
+    def rows(self, encoded_per_row: float, limit: int | None = None) -> int:
+        ratio = self.read_bytes / self.encoded_bytes if self.calibrated else 1.0
+        per_row = encoded_per_row * ratio
+        fit = int(FILL * self.batch_bytes // per_row) if per_row > 0 else self.batch_rows
+        return max(1, min(fit, self.batch_rows, limit or self.batch_rows))
+
+
+def _within_bytes(
+    batch: pa.RecordBatch, batch_bytes: int, first_row: int, halve: bool = False
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """`batch` cut into zero-copy slices of at most `batch_bytes`, each with the number of its
+    first row; a row above the bound on its own comes back alone, for the caller to refuse."""
+    n = batch.num_rows
+    if batch.nbytes <= batch_bytes or n == 1:
+        yield first_row, batch
+        return
+    # Slices of the average row's width mostly fit at once; those that do not (wide rows among
+    # narrow ones) are halved, which keeps the depth logarithmic.
+    rows = n // 2 if halve else max(1, int(n * FILL * batch_bytes // batch.nbytes))
+    for start in range(0, n, rows):
+        yield from _within_bytes(batch.slice(start, rows), batch_bytes, first_row + start, True)
+
+
+def iter_shard_batches(
+    shard: Shard,
+    columns: list[str],
+    batch_rows: int,
+    object_store: ObjectStore,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+) -> Iterator[pa.RecordBatch]:
+    """The shard's rows (only `columns`) in batches of at most `batch_rows` rows and
+    `batch_bytes` bytes (RecordBatch.nbytes); raises RowTooWide for a row above `batch_bytes`."""
+    sizer = _BatchSizer(batch_rows, batch_bytes)
     for part in shard.parts:
         with object_store.open_path(part.path).open("rb") as fh:
             # pre_buffer would read whole row groups' column chunks ahead: keep memory bounded.
             reader = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)
-            yield from reader.iter_batches(
-                batch_size=batch_rows, row_groups=part.row_groups, columns=columns, use_threads=True
-            )
+            for group in part.row_groups:
+                encoded = _encoded_bytes_per_row(reader.metadata.row_group(group), columns)
+                if not sizer.calibrated:  # a few rows first, so the first batch is sized right
+                    probe = _read(reader, group, columns, sizer.rows(encoded, PROBE_ROWS))
+                    first = next(probe, None)
+                    if first is not None:
+                        sizer.observe(first, encoded)
+                    del probe, first
+                start = 0
+                for batch in _read(reader, group, columns, sizer.rows(encoded)):
+                    sizer.observe(batch, encoded)
+                    for row, piece in _within_bytes(batch, batch_bytes, start):
+                        if piece.nbytes > batch_bytes:
+                            raise RowTooWide(
+                                f"{shard.key}: row {row} of row group {group} in {part.path} is "
+                                f"{piece.nbytes:,} bytes in memory, more than "
+                                f"sharding.batch_bytes ({batch_bytes:,}) allows a whole batch; "
+                                f"raise sharding.batch_bytes above {piece.nbytes:,}"
+                            )
+                        yield piece
+                    start += batch.num_rows
 
 
 def output_batch(
@@ -141,7 +237,10 @@ def score_shard(
     tmp = temp_file_for(target)
     try:
         with pq.ParquetWriter(tmp, run.output.arrow_schema(), compression="zstd") as writer:
-            for batch in iter_shard_batches(shard, columns, run.batch_rows, object_store):
+            batches = iter_shard_batches(
+                shard, columns, run.batch_rows, object_store, run.batch_bytes
+            )
+            for batch in batches:
                 x = feature_matrix(batch, model.features)
                 scored = scorer.score(batch, x)
                 acc.add(x, scored.score)
