@@ -310,3 +310,109 @@ def silent_peer() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         listener.close()
+
+
+class SnowflakeProxy:
+    """What `snowflake_proxy` yields: its port, what passed through it, and the switch that
+    makes it stop answering (a hung or SIGSTOPped Snowflake, seen from the client)."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port = port
+        self.statements: list[str] = []  # sqlText of every query request, in order
+        self.logins: list[dict[str, Any]] = []  # SESSION_PARAMETERS of every login
+        self.silent_after: str | None = None  # regex: answer the first match, then go silent
+        self.silenced = threading.Event()
+        self.swallowed: list[str] = []  # requests it never answered, "METHOD path"
+        self.lost_sessions: set[str] = set()  # Authorization headers of those requests
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": self.port, "protocol": "http"}
+
+
+@contextlib.contextmanager
+def snowflake_proxy(upstream: dict[str, Any]) -> Iterator[SnowflakeProxy]:
+    """A loopback HTTP proxy in front of the fakesnow server `upstream`: it forwards every
+    request (logins, queries, stage uploads) until it has answered a statement matching
+    `proxy.silent_after`, then accepts requests and never answers them. On exit it releases
+    them and rolls back the transactions of the sessions it cut off, as Snowflake does for
+    a session it no longer hears from, so the shared server's tables stay usable."""
+    import gzip
+    import http.client
+    import json
+    import re
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    released = threading.Event()
+    holder: list[SnowflakeProxy] = []
+
+    def forward(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        upstream_conn = http.client.HTTPConnection(upstream["host"], upstream["port"], timeout=60)
+        try:
+            upstream_conn.request(method, path, body=body, headers=headers)
+            response = upstream_conn.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            upstream_conn.close()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # the connector keeps its connections alive
+
+        def _relay(self) -> None:
+            proxy = holder[0]
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            sql = None
+            if self.path.startswith(("/queries/v1/query-request", "/session/v1/login-request")):
+                raw = (
+                    gzip.decompress(body)
+                    if self.headers.get("content-encoding") == "gzip"
+                    else body
+                )
+                data = json.loads(raw)
+                if "sqlText" in data:
+                    sql = data["sqlText"]
+                    proxy.statements.append(sql)
+                else:
+                    proxy.logins.append(data["data"].get("SESSION_PARAMETERS", {}))
+            if proxy.silenced.is_set():
+                proxy.swallowed.append(f"{self.command} {self.path}")
+                if auth := self.headers.get("authorization"):
+                    proxy.lost_sessions.add(auth)
+                released.wait()
+                self.close_connection = True
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            status, response_headers, payload = forward(self.command, self.path, headers, body)
+            self.send_response(status)
+            for name, value in response_headers:
+                if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    self.send_header(name, value)
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            if sql is not None and proxy.silent_after and re.search(proxy.silent_after, sql, re.I):
+                proxy.silenced.set()
+
+        do_GET = do_POST = do_PUT = _relay
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    holder.append(SnowflakeProxy(server.server_port))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield holder[0]
+    finally:
+        released.set()
+        server.shutdown()
+        server.server_close()
+        for auth in holder[0].lost_sessions:
+            body = json.dumps({"sqlText": "ROLLBACK", "sequenceId": 1}).encode()
+            forward(
+                "POST", f"/queries/v1/query-request?requestId={uuid.uuid4()}",
+                {"authorization": auth, "content-type": "application/json"}, body,
+            )  # fmt: skip
