@@ -1,5 +1,6 @@
 """Writing Parquet to the object store: local temp files, moved or uploaded whole when done."""
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -24,11 +25,14 @@ def place_file(local: Path, target: UPath) -> None:
 
 
 def temp_file_for(target: UPath) -> Path:
-    """A temp file on the same filesystem as a local target (so the rename is atomic)."""
-    folder = Path(target.path).parent if is_local(target) else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".part-", suffix=".parquet.tmp")
+    """A temp file on the same filesystem as a local target (so the rename is atomic), named
+    after the target: what a killed attempt at the same target left behind is removed here."""
+    folder = Path(target.path).parent if is_local(target) else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = f".bi-{hashlib.sha256(str(target).encode()).hexdigest()[:16]}.part-"
+    for stale in folder.glob(f"{prefix}*.parquet.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".parquet.tmp")
     os.close(fd)
     return Path(name)
 

@@ -10,7 +10,8 @@ from dagster_defs import definitions
 
 DEMO = ("churn", "demand")
 SHARED = ("retention_cleanup", "retention_cleanup_schedule", "asset_check_failure_alerts",
-          "run_failure_alerts")  # fmt: skip
+          "run_failure_alerts", "partition_summaries", "run_identity",
+          "pipeline_pools")  # fmt: skip
 
 
 def _demo(names: list[str]) -> list[str]:
@@ -46,9 +47,14 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
         ("churn/predictions", "mean_confidence_within_bounds", False),
         ("churn/predictions", "positive_rate_within_bounds", False),
         ("churn/predictions", "row_count_matches_source", True),
+        ("churn/predictions", "scores_are_from_this_run", True),
         ("churn/predictions", "scores_are_not_null", True),
         ("churn/predictions", "scores_in_unit_interval", True),
+        ("churn/source_features", "categories_are_known", False),
+        ("churn/source_features", "feature_values_are_finite", True),
+        ("churn/source_features", "features_are_populated", True),
         ("churn/source_features", "features_match_model_contract", True),
+        ("churn/source_features", "ids_are_not_null", True),
         ("churn/source_features", "ids_are_unique", True),
         ("churn/source_features", "null_rates_below_threshold", False),
         ("churn/source_features", "partition_is_not_empty", True),
@@ -62,7 +68,7 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
     }
     assert demand == {
         "ids_are_unique", "mean_score_within_bounds", "row_count_matches_source",
-        "scores_are_not_null",
+        "scores_are_from_this_run", "scores_are_not_null",
     }  # fmt: skip
     promotion = [
         (k.asset_key.to_user_string(), k.name, graph.get_check_spec(k).blocking)
@@ -84,7 +90,10 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
     assert _demo([s.name for s in defs.sensors or []]) == [
         "asset_check_failure_alerts",
         "churn_landing_sensor",
+        "partition_summaries",
+        "pipeline_pools",
         "run_failure_alerts",
+        "run_identity",
     ]
 
 

@@ -121,7 +121,11 @@ def test_s3_paths_relative_to_the_stage_root() -> None:
     assert str(store.base) == "s3://ml-bi/batch-inference/prod"
     assert store.storage_options == {
         "endpoint_url": "http://x",
-        "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"}},
+        "config_kwargs": {
+            "retries": {"max_attempts": 5, "mode": "standard"},
+            "connect_timeout": 10.0,
+            "read_timeout": 60.0,
+        },
     }
     uri = "s3://ml-bi/batch-inference/prod/churn/scored/2026-10-15/shard_00000.parquet"
     assert store.relative(uri) == "churn/scored/2026-10-15/shard_00000.parquet"
