@@ -6,7 +6,13 @@ from typing import Any
 import dagster as dg
 
 from batch_inference_assets.assets import checks
-from batch_inference_assets.assets.common import daily, day, key, partitions
+from batch_inference_assets.assets.common import (
+    daily,
+    day,
+    key,
+    partitions,
+    stop_if_another_run_has_the_day,
+)
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.records import ModelHandle, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
@@ -31,6 +37,7 @@ def drift_stats_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         scored: ScoredShards,
         model: ModelHandle,
     ) -> Iterator[Any]:
+        stop_if_another_run_has_the_day(spec, context, "drift_stats")  # drift/<day>.json is shared
         if scored.rows == 0:  # incremental mode, nothing new: no distribution to compare
             yield dg.MaterializeResult(metadata={"rows": 0, "note": "nothing new was scored"})
             yield from checks.drift_not_evaluated("nothing new was scored")

@@ -8,6 +8,7 @@ from batch_inference_assets.assets.common import (
     day,
     fail,
     key,
+    stop_if_another_run_has_the_day,
 )
 from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
@@ -42,6 +43,7 @@ def _export_asset(
     def export(
         context: dg.AssetExecutionContext, warehouse: Warehouse, object_store: ObjectStore
     ) -> dg.Output[ExportedPredictions]:
+        stop_if_another_run_has_the_day(spec, context, stage)  # the day's files are shared
         try:
             done = exports.export_partition(
                 spec, warehouse, object_store, day(context), context.run_id,

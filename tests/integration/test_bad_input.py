@@ -339,6 +339,13 @@ def test_a_second_run_of_a_day_in_progress_stops_before_writing(
         )  # fmt: skip
         message = _assert_failed_cleanly(result, resources, before, "source_features")
         assert f"run {earlier.run_id} of this partition started first" in message
+        # A run of one asset that writes what the day shares (its exports) stops too.
+        exports = dg.materialize(
+            assets, selection=[dg.AssetKey(["churn", "exports"])], partition_key=DAY,
+            resources=resources, instance=instance, raise_on_error=False,
+        )  # fmt: skip
+        message = _assert_failed_cleanly(exports, resources, before, "exports: run")
+        assert f"run {earlier.run_id} of this partition started first" in message
         # Another day, or the same day once the earlier run has ended, runs as usual.
         instance.report_run_canceled(earlier)
         again = dg.materialize(assets, partition_key=DAY, resources=resources, instance=instance)
