@@ -1,4 +1,5 @@
-"""Servers for the production path: S3 (moto) and Snowflake (fakesnow), started per session."""
+"""Servers for the production path: S3 (moto) and Snowflake (fakesnow), started per session;
+and a copy of the project to change."""
 
 import shutil
 import uuid
@@ -67,3 +68,18 @@ def each_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "duckdb":
         return DuckDBWarehouse(database=str(tmp_path / "w.duckdb"), output_schema="predictions")
     return snowflake_warehouse_on(request.getfixturevalue("snowflake_server"))
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the shipped project (its config and code location), to change freely."""
+    target = tmp_path / "project"
+    target.mkdir()
+    shutil.copy(REPO / "pyproject.toml", target)
+    shutil.copytree(
+        REPO / "dagster_defs", target / "dagster_defs", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return target

@@ -24,7 +24,7 @@ from batch_inference_assets.assets import checks
 from batch_inference_assets.stages import publish
 from dagster_defs.demo.seed import record_seeded_champion
 from dagster_defs.deployments import local_resources
-from tests.integration.test_dg import DG, REPO, _free_port, _gql
+from tests.integration.test_dg import DG, REPO, _free_port, _gql, loaded_locations
 from tests.servers import stop_group
 
 pytestmark = pytest.mark.slow
@@ -56,19 +56,7 @@ def ui(env: dict[str, str], log: Path) -> Iterator[str]:
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                entries = _gql(
-                    url,
-                    "{ workspaceOrError { ... on Workspace { locationEntries { name "
-                    "locationOrLoadError { __typename } } } } }",
-                )["workspaceOrError"]["locationEntries"]
-            except OSError:
-                entries = []
-            if any(
-                e["name"] == "batch_inference"
-                and (e["locationOrLoadError"] or {}).get("__typename") == "RepositoryLocation"
-                for e in entries
-            ):
+            if "batch_inference" in loaded_locations(url):
                 break
             time.sleep(1)
         yield url

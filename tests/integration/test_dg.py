@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,18 +40,6 @@ def dg(
         timeout=600,
         check=False,
     )
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the shipped project (its config and code location), to change freely."""
-    target = tmp_path / "project"
-    target.mkdir()
-    shutil.copy(REPO / "pyproject.toml", target)
-    shutil.copytree(
-        REPO / "dagster_defs", target / "dagster_defs", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    return target
 
 
 @pytest.fixture
@@ -276,6 +263,23 @@ def _gql(url: str, query: str) -> dict[str, Any]:
     return doc["data"]
 
 
+def loaded_locations(url: str) -> list[str]:
+    """The code locations the webserver at `url` has loaded (none while it is starting)."""
+    try:
+        entries = _gql(
+            url,
+            "{ workspaceOrError { ... on Workspace { locationEntries { name "
+            "locationOrLoadError { __typename } } } } }",
+        )["workspaceOrError"]["locationEntries"]
+    except OSError:
+        return []
+    return [
+        e["name"]
+        for e in entries
+        if (e["locationOrLoadError"] or {}).get("__typename") == "RepositoryLocation"
+    ]
+
+
 def test_dg_dev_serves_the_code_location_with_described_checks(
     run_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -292,20 +296,7 @@ def test_dg_dev_serves_the_code_location_with_described_checks(
         while location is None:
             assert proc.poll() is None, (tmp_path / "dg-dev.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (tmp_path / "dg-dev.log").read_text()[-3000:]
-            try:
-                entries = _gql(
-                    url,
-                    "{ workspaceOrError { ... on Workspace { locationEntries { name "
-                    "locationOrLoadError { __typename } } } } }",
-                )["workspaceOrError"]["locationEntries"]
-            except OSError:
-                entries = []
-            loaded = [
-                e["name"]
-                for e in entries
-                if e["locationOrLoadError"]
-                and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
-            ]
+            loaded = loaded_locations(url)
             location = loaded[0] if loaded else None
             time.sleep(1)
         assert location == "batch_inference"  # one name: dg, workspace.yaml and the daemon

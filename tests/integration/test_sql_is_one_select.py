@@ -2,7 +2,6 @@
 line, and each warehouse runs one statement only, even when handed more directly."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +17,6 @@ from tests.unit.test_sql_is_one_select import ATTACK
 REPO = Path(__file__).parents[2]
 DG = Path(sys.executable).parent / "dg"
 TAG = QueryTag("churn", "2026-10-15", "run-1", "source_features")
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the shipped project (its config and code location), to change freely."""
-    target = tmp_path / "project"
-    target.mkdir()
-    shutil.copy(REPO / "pyproject.toml", target)
-    shutil.copytree(
-        REPO / "dagster_defs", target / "dagster_defs", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    return target
 
 
 def _dg_check_defs(project: Path) -> str:
