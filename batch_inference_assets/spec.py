@@ -34,7 +34,7 @@ LABEL_TYPES: dict[str, ColumnType] = {
 }
 
 
-def _at(loc: tuple[str, ...], message: str) -> InitErrorDetails:
+def _at(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:
     """A rule across fields, reported at the field it is about (so with that field's line)."""
     return InitErrorDetails(
         type="value_error", loc=loc, input=None, ctx={"error": ValueError(message)}
@@ -180,6 +180,12 @@ class OutputColumn(_Strict):
 
 class OutputTable(_Strict):
     table: str
+    passthrough: list[str] = Field(
+        default_factory=list,
+        description="Input columns of the feature query copied into the table beside the "
+        "scores, each declared in `columns` with its type; every partition's export is held to "
+        "those types before scoring (the blocking check features_match_model).",
+    )
     mode: Literal["replace_partition", "append", "incremental"] = Field(
         default="replace_partition",
         description="replace_partition: the partition is replaced atomically; incremental: "
@@ -359,6 +365,98 @@ class AlertSpec(_Strict):
     )
 
 
+_KEY_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+class RedisSinkSpec(_Strict):
+    """Each published partition's rows as Redis hashes, for online serving. Every load writes a
+    new key space (its own version) and then switches one pointer key, so readers see the old
+    day or the new one, never half of one."""
+
+    url: str = Field(
+        default="",
+        description="redis://[:password@]host:port/db (or rediss://); or give url_env.",
+    )
+    url_env: str | None = Field(
+        default=None,
+        description="The environment variable holding the URL, read when the asset runs "
+        "(keeps a password out of the YAML).",
+    )
+    key: str = Field(
+        description='A row\'s key, a template over output columns: "churn:{customer_id}". '
+        "Stored as <key>@<version>; the pointer `<key prefix>:current` names the version to read."
+    )
+    fields: list[str] = Field(min_length=1, description="Output columns stored in each hash.")
+    ttl_hours: float = Field(default=48, gt=0, description="How long a loaded version's keys live.")
+    batch_rows: int = Field(
+        default=5_000, ge=1, le=1_000_000, description="Rows per pipelined round trip."
+    )
+
+    @model_validator(mode="after")
+    def _one_url(self) -> "RedisSinkSpec":
+        if bool(self.url) == bool(self.url_env):
+            raise ValueError("give url or url_env")
+        if not _KEY_FIELD.findall(self.key):
+            raise ValueError(f"key {self.key!r} names no column: write e.g. 'churn:{{id}}'")
+        return self
+
+    @property
+    def key_columns(self) -> list[str]:
+        return _KEY_FIELD.findall(self.key)
+
+
+class KafkaSinkSpec(_Strict):
+    """Each published partition's rows produced to a Kafka topic (idempotent producer, keyed
+    by id, headers carrying pipeline, partition, model version and run id)."""
+
+    bootstrap_servers: str = Field(description="host:port[,host:port...]")
+    topic: str
+    key: str = Field(description="The output column whose value keys each message.")
+    settings: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Further librdkafka producer settings (security.protocol, ...).",
+    )
+    settings_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Producer settings read from environment variables when the asset runs, "
+        "by setting: {sasl.password: KAFKA_PASSWORD}.",
+    )
+    flush_seconds: float = Field(
+        default=300, gt=0, description="How long to wait for the partition's deliveries."
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_is_legal(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
+            raise ValueError(f"topic {v!r}: letters, digits, '.', '_' and '-' only")
+        return v
+
+
+class SinkSpec(_Strict):
+    """One destination of the published rows: give exactly one of redis or kafka."""
+
+    redis: RedisSinkSpec | None = None
+    kafka: KafkaSinkSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SinkSpec":
+        if (self.redis is None) == (self.kafka is None):
+            raise ValueError("give exactly one of redis or kafka")
+        return self
+
+    @property
+    def kind(self) -> Literal["redis", "kafka"]:
+        return "redis" if self.redis is not None else "kafka"
+
+    def columns(self) -> list[str]:
+        """The output columns this sink reads."""
+        if self.redis is not None:
+            return [*self.redis.key_columns, *self.redis.fields]
+        assert self.kafka is not None
+        return [self.kafka.key]
+
+
 class TrainingSpec(_SqlSource):
     """The candidate model: LightGBM trained on a labelled window, promoted by a gate. The SQL
     returns labelled rows (the model's features, `label` and a `date_column`) between
@@ -444,6 +542,11 @@ class PipelineSpec(_Strict):
     )
     exports: ExportSpec = Field(default=ExportSpec(), description="Files beside the table.")
     alerts: AlertSpec = Field(default=AlertSpec(), description="Alerts beyond failures.")
+    sinks: list[SinkSpec] = Field(
+        default_factory=list,
+        description="Where each published partition also goes: a Redis online store, a Kafka "
+        "topic (asset <name>/redis_sink, <name>/kafka_sink; one of each at most).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -479,6 +582,8 @@ class PipelineSpec(_Strict):
         for name, col in declared.items():
             if name in SYSTEM_OUTPUT_COLUMNS or name in self.features.id_columns:
                 continue
+            if name in self.output.passthrough:
+                continue
             if kind == "python":
                 continue  # produced by predict_fn, checked against it batch by batch
             if name == LABEL_COLUMN:
@@ -494,12 +599,44 @@ class PipelineSpec(_Strict):
             else:
                 problems.append(f"column {name!r} is not produced by {kind} scoring")
         errors = [_at(("output", "columns"), "; ".join(problems))] if problems else []
+        errors += self._passthrough_problems(declared)
+        errors += self._sink_problems(declared)
         if self.exports.top_k and self.exports.top_k.by not in declared:
             by = self.exports.top_k.by
             errors.append(_at(("exports", "top_k", "by"), f"{by!r} is not an output column"))
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
+
+    def _passthrough_problems(self, declared: dict[str, OutputColumn]) -> list[InitErrorDetails]:
+        errors = []
+        seen: set[str] = set()
+        for i, name in enumerate(self.output.passthrough):
+            where = ("output", "passthrough", i)
+            if name in seen:
+                errors.append(_at(where, f"{name!r} is listed twice"))
+            elif name in SYSTEM_OUTPUT_COLUMNS or name in self.features.id_columns:
+                errors.append(_at(where, f"{name!r} is already in every row; list input columns"))
+            elif name == LABEL_COLUMN or name.startswith(PROB_PREFIX):
+                errors.append(_at(where, f"{name!r} is a model output's name"))
+            elif name not in declared:
+                errors.append(
+                    _at(where, f"{name!r} is not declared in output.columns: give its type there")
+                )
+            seen.add(name)
+        return errors
+
+    def _sink_problems(self, declared: dict[str, OutputColumn]) -> list[InitErrorDetails]:
+        errors = []
+        kinds: list[str] = []
+        for i, sink in enumerate(self.sinks):
+            if sink.kind in kinds:
+                errors.append(_at(("sinks", i), f"a second {sink.kind} sink: give one of each"))
+            kinds.append(sink.kind)
+            unknown = [c for c in sink.columns() if c not in declared]
+            if unknown:
+                errors.append(_at(("sinks", i, sink.kind), f"{unknown} are not output columns"))
+        return errors
 
     @property
     def model_output_columns(self) -> list[str]:
@@ -508,7 +645,9 @@ class PipelineSpec(_Strict):
         return [
             c.name
             for c in self.output.columns
-            if c.name not in system and c.name not in self.features.id_columns
+            if c.name not in system
+            and c.name not in self.features.id_columns
+            and c.name not in self.output.passthrough
         ]
 
     @property

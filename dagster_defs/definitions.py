@@ -16,7 +16,7 @@ from batch_inference_assets.assets.alerts import (
     build_success_summary_sensor,
 )
 from batch_inference_assets.assets.common import pool
-from batch_inference_assets.assets.retention import build_retention_job
+from batch_inference_assets.assets.retention import build_canceled_run_sensor, build_retention_job
 from batch_inference_assets.assets.runs import build_pool_sensor, build_run_identity_sensor
 from dagster_defs import defs as defs_folder
 from dagster_defs.deployments import deployment_resources
@@ -50,6 +50,7 @@ def shared_definitions(
                 {p.spec.name: p.spec.timeouts.run_seconds for p in pipelines}, location_name
             ),
             build_pool_sensor([pool(p.spec) for p in pipelines]),
+            build_canceled_run_sensor([p.spec.name for p in pipelines]),
         ],
         resources=resources,
         executor=executor,

@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
+from batch_inference_assets.contracts import Contract
 from batch_inference_assets.records import FeatureExport, ModelHandle, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
 from batch_inference_assets.stages import publish, stats
@@ -158,7 +159,12 @@ def contract_problems(spec: PipelineSpec, model: ModelHandle, schema: pa.Schema)
     problems = [
         f"missing id column {c!r}" for c in spec.features.id_columns if c not in schema.names
     ]
-    return problems + model.feature_contract().violations(schema)
+    passthrough = Contract.of(spec.output_contract[c] for c in spec.output.passthrough)
+    return (
+        problems
+        + model.feature_contract().violations(schema)
+        + [f"passthrough {p}" for p in passthrough.violations(schema)]
+    )
 
 
 def evaluate_source_features(

@@ -1,8 +1,9 @@
-"""Retention: delete intermediate Parquet (exports, scored shards) older than a TTL.
+"""Retention: delete intermediate Parquet (exports, scored shards) older than a TTL, and a
+canceled run's as soon as it is canceled.
 
 Only the object store's `<pipeline>/features/<day>/<run_id>/` and
-`<pipeline>/scored/<day>/<run_id>/` folders are considered; published tables, records and drift
-profiles are never touched.
+`<pipeline>/scored/<day>/<run_id>/` folders are considered (and the sinks' run folders, for a
+canceled run); published tables, records and drift profiles are never touched.
 """
 
 import time
@@ -13,9 +14,12 @@ import dagster as dg
 from pydantic import Field
 from upath import UPath
 
+from batch_inference_assets.assets.alerts import run_pipelines
 from batch_inference_assets.io.object_store import ObjectStore
 
 INTERMEDIATE_STAGES = ("features", "scored")
+# A run's own folders: what it exports, scores and streams to a sink (removed when it ends).
+RUN_FOLDER_STAGES = (*INTERMEDIATE_STAGES, "redis_sink", "kafka_sink")
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,10 @@ def build_retention_job(
                 f"({e.files} files, {e.age_days} days old)"
             )
             if not config.dry_run:
-                object_store.remove_tree(e.path)
-                day = e.path.parent
-                if e.in_day_folder and day.exists() and not any(day.iterdir()):
-                    object_store.remove_tree(day)
+                if e.in_day_folder:
+                    object_store.remove_run_folder(e.path)
+                else:
+                    object_store.remove_tree(e.path)
         return dg.Output(
             len(expired),
             metadata={
@@ -95,3 +99,41 @@ def build_retention_job(
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
     return retention_cleanup, schedule
+
+
+def run_folders(store: ObjectStore, pipeline: str, run_id: str) -> list[UPath]:
+    """The folders `run_id` wrote under each day of `pipeline` (a run has one day, a range run
+    several)."""
+    found = []
+    for stage in RUN_FOLDER_STAGES:
+        root = store.path(pipeline, stage)
+        if root.exists():
+            found += [d / run_id for d in sorted(root.iterdir(), key=str) if (d / run_id).exists()]
+    return found
+
+
+def build_canceled_run_sensor(pipelines: Sequence[str]) -> dg.SensorDefinition:
+    """Removes a canceled run's files: a terminated run publishes nothing, and nothing can use
+    its shards (run the partition again; re-executing a canceled run from failure starts over
+    from the export)."""
+
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.CANCELED,
+        name="canceled_run_cleanup",
+        monitor_all_code_locations=True,
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Deletes the exported and scored files of each canceled pipeline run.",
+    )
+    def sensor(context: dg.RunStatusSensorContext, object_store: ObjectStore) -> dg.SkipReason:
+        run = context.dagster_run
+        removed = []
+        for pipeline in run_pipelines(run, [], pipelines):
+            for folder in run_folders(object_store, pipeline, run.run_id):
+                object_store.remove_run_folder(folder)
+                removed.append(str(folder))
+        if removed:
+            context.log.info(f"canceled run {run.run_id}: removed {removed}")
+        return dg.SkipReason(f"canceled run {run.run_id}: removed {len(removed)} folders")
+
+    return sensor

@@ -54,9 +54,16 @@ def shard_manifest_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         io_manager_key=RECORDS_IO_MANAGER,
         **daily(spec),
     )
-    def shard_manifest(export: Any) -> dg.Output[ShardManifest]:
+    def shard_manifest(context: dg.AssetExecutionContext, export: Any) -> dg.Output[ShardManifest]:
         manifest = shards.plan_shards(export, spec.sharding)
         sizes = [s.rows for s in manifest.shards]
+        estimate = progress.run_estimate(
+            manifest.rows,
+            len(manifest.shards),
+            progress.recent_pace(context.instance, key(spec, "predictions"), context.run_id),
+        )
+        context.log.info(f"{spec.name} {context.partition_key}: {estimate.line()}")
+        context.instance.add_run_tags(context.run_id, estimate.tags())
         return dg.Output(
             manifest,
             metadata={
@@ -64,6 +71,7 @@ def shard_manifest_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
                 "dagster/row_count": manifest.rows,
                 "min_shard_rows": min(sizes, default=0),
                 "max_shard_rows": max(sizes, default=0),
+                **estimate.metadata(),
             },
         )
 
@@ -105,6 +113,7 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
             run_id=context.run_id,
             scored_at=datetime.now(UTC),
             id_columns=spec.features.id_columns,
+            passthrough=spec.output.passthrough,
             output=spec.output_contract,
             batch_rows=spec.sharding.batch_rows,
             batch_bytes=spec.sharding.batch_bytes,

@@ -41,6 +41,14 @@ class ObjectStore(dg.ConfigurableResource):
         if path.exists():
             path.fs.rm(path.path, recursive=True)
 
+    def remove_run_folder(self, folder: UPath) -> None:
+        """A run's folder (`.../<day>/<run_id>`), then its day's folder if nothing else is left
+        in it."""
+        self.remove_tree(folder)
+        day = folder.parent
+        if day.exists() and not any(day.iterdir()):
+            self.remove_tree(day)
+
     @property
     def is_local(self) -> bool:
         return self.base.protocol in ("", "file", "local")

@@ -3,7 +3,7 @@
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import numpy as np
@@ -56,6 +56,12 @@ class ScoringRun:
     batch_rows: int
     batch_bytes: int = DEFAULT_BATCH_BYTES
     timeout_seconds: float = float("inf")
+    passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
+
+    @property
+    def copied_columns(self) -> list[str]:
+        """Input columns an output row carries as they are: the ids, then the passthrough."""
+        return [*self.id_columns, *self.passthrough]
 
 
 def scored_path(
@@ -181,7 +187,7 @@ def output_batch(
         "run_id": pa.repeat(pa.scalar(run.run_id, pa.string()), n),
         PARTITION_COLUMN: pa.repeat(pa.scalar(run.partition, pa.date32()), n),
     }
-    for name in run.id_columns:
+    for name in run.copied_columns:
         values[name] = batch.column(name).cast(schema.field(name).type)
     return pa.RecordBatch.from_arrays([values[f.name].cast(f.type) for f in schema], schema=schema)
 
@@ -232,7 +238,7 @@ def score_shard(
     """Score `shard` batch by batch; the output file appears whole or not at all."""
     started = time.perf_counter()
     target = scored_path(object_store, run.pipeline, run.partition.isoformat(), run.run_id, shard)
-    columns = list(dict.fromkeys([*run.id_columns, *(f.name for f in model.features)]))
+    columns = list(dict.fromkeys([*run.copied_columns, *(f.name for f in model.features)]))
     acc = _ShardAccumulator(model)
     tmp = temp_file_for(target)
     try:

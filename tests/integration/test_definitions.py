@@ -11,7 +11,7 @@ from dagster_defs import definitions
 DEMO = ("churn", "demand")
 SHARED = ("retention_cleanup", "retention_cleanup_schedule", "asset_check_failure_alerts",
           "run_failure_alerts", "partition_summaries", "run_identity",
-          "pipeline_pools")  # fmt: skip
+          "pipeline_pools", "canceled_run_cleanup")  # fmt: skip
 
 
 def _demo(names: list[str]) -> list[str]:
@@ -89,6 +89,7 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
     ]  # fmt: skip
     assert _demo([s.name for s in defs.sensors or []]) == [
         "asset_check_failure_alerts",
+        "canceled_run_cleanup",
         "churn_landing_sensor",
         "partition_summaries",
         "pipeline_pools",

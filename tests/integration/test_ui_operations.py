@@ -410,3 +410,59 @@ def test_ui_asset_runs_are_held_to_the_pipelines_pool_and_timeout(dagster: Dagst
             run = _wait_for(f"run {run_id}'s tags", tagged, timeout=60)
             assert run.job_name == "__ASSET_JOB"
             assert run.tags["pipeline"] == "churn" and run.tags["dagster/max_runtime"] == "21600"
+
+
+TERMINATE = """mutation($id: String!) { terminateRun(runId: $id) { __typename
+  ... on TerminateRunFailure { message } ... on PythonError { message } } }"""
+
+
+def _launch(dagster: Dagster, day: str) -> str:
+    launched = dagster.gql(LAUNCH, {"p": {
+        "selector": {**REPOSITORY, "jobName": "churn_daily"},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
+    }})["launchRun"]  # fmt: skip
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return str(launched["run"]["runId"])
+
+
+def test_terminating_a_run_mid_scoring_leaves_the_table_and_no_files(dagster: Dagster) -> None:
+    marker = Path(dagster.env["BI_TEST_FAULT_MARKER"])
+    marker.unlink(missing_ok=True)
+    if dagster.table(DAY).num_rows == 0:  # a published day, to see it stay as it was
+        assert dagster.wait_run(_launch(dagster, DAY))["status"] == "SUCCESS"
+    before = dagster.table(DAY)
+    store = dagster.root / "object_store" / "churn"
+
+    marker.write_text("hang")  # shard_00001's write waits: the run is mid-scoring
+    try:
+        run_id = _launch(dagster, DAY)
+        scored = store / "scored" / DAY / run_id
+
+        def scoring() -> bool:
+            steps = {s["stepKey"]: s["status"] for s in dagster.run(run_id)["stepStats"]}
+            return steps.get("churn__scored_shards.churn__score_shard[shard_00001]") == (
+                "IN_PROGRESS"
+            )
+
+        _wait_for("the second shard to be scoring", scoring)
+        assert (scored / "shard_00000.parquet").exists()  # a finished shard, to be cleaned up
+        done = dagster.gql(TERMINATE, {"id": run_id})["terminateRun"]
+        assert done["__typename"] == "TerminateRunSuccess", done
+        assert dagster.wait_run(run_id, timeout=120)["status"] == "CANCELED"
+    finally:
+        marker.unlink(missing_ok=True)
+
+    after = dagster.table(DAY)
+    assert after.to_pylist() == before.to_pylist()  # exactly as it was: same rows, same run
+    _wait_for(
+        "the canceled run's files to be removed",
+        lambda: not scored.exists() and not (store / "features" / DAY / run_id).exists(),
+        timeout=60,
+    )
+    assert not any((store / "scored" / DAY).glob(f"*{run_id}*"))
+
+    again = _launch(dagster, DAY)
+    assert dagster.wait_run(again)["status"] == "SUCCESS"
+    table = dagster.table(DAY)
+    assert table.num_rows == SEED_CUSTOMERS
+    assert set(table.column("run_id").to_pylist()) == {again}

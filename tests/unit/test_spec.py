@@ -114,3 +114,46 @@ def test_an_end_date_before_the_start_is_named(tmp_path: Path, raw_churn: dict) 
         SpecError, match=rf"  end_date: .*before start_date 2026-10-01 \(line {line}\)"
     ):
         load_spec(path)
+
+
+REDIS = {"url": "redis://127.0.0.1:6379/0", "key": "churn:{customer_id}", "fields": ["score"]}
+KAFKA = {"bootstrap_servers": "127.0.0.1:9092", "topic": "churn", "key": "customer_id"}
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (
+            {"output": {"passthrough": ["region"]}},
+            "output.passthrough.0: Value error, 'region' is not declared in output.columns",
+        ),
+        ({"output": {"passthrough": ["score"]}}, "'score' is already in every row"),
+        ({"sinks": [{"redis": {**REDIS, "fields": ["nope"]}}]}, "['nope'] are not output columns"),
+        ({"sinks": [{"redis": {**REDIS, "key": "churn"}}]}, "names no column"),
+        ({"sinks": [{"redis": {**REDIS, "url_env": "REDIS_URL"}}]}, "give url or url_env"),
+        ({"sinks": [{"redis": REDIS, "kafka": KAFKA}]}, "give exactly one of redis or kafka"),
+        ({"sinks": [{"kafka": KAFKA}, {"kafka": KAFKA}]}, "sinks.1: Value error, a second kafka"),
+        ({"sinks": [{"kafka": {**KAFKA, "topic": "a b"}}]}, "topic 'a b'"),
+    ],
+)
+def test_passthrough_and_sinks_are_checked_at_load(
+    tmp_path: Path, raw_churn: dict, patch: dict, message: str
+) -> None:
+    for section, value in patch.items():
+        if isinstance(value, dict):
+            raw_churn[section] = {**raw_churn[section], **value}
+        else:
+            raw_churn[section] = value
+    with pytest.raises(SpecError) as err:
+        load_spec(_write(tmp_path, raw_churn))
+    assert message in str(err.value)
+
+
+def test_declared_passthrough_columns_and_sinks_load(tmp_path: Path, raw_churn: dict) -> None:
+    raw_churn["output"]["columns"].append({"name": "region", "type": "string"})
+    raw_churn["output"]["passthrough"] = ["region"]
+    raw_churn["sinks"] = [{"redis": {**REDIS, "fields": ["score", "region"]}}, {"kafka": KAFKA}]
+    spec = load_spec(_write(tmp_path, raw_churn))
+    assert "region" in spec.output_contract.names
+    assert "region" not in spec.model_output_columns
+    assert [s.kind for s in spec.sinks] == ["redis", "kafka"]
