@@ -51,11 +51,12 @@ typecheck: venv
 	$(BIN)/mypy
 
 # Besides Python packages, the suite starts real servers and a real browser from Debian's
-# packages: PostgreSQL's server binaries and chromium (no running service needed).
+# packages: PostgreSQL's server binaries, redis-server and chromium (no running service needed).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

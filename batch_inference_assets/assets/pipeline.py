@@ -13,6 +13,7 @@ from batch_inference_assets.assets.features import source_features_asset
 from batch_inference_assets.assets.model import model_asset
 from batch_inference_assets.assets.predictions import predictions_asset
 from batch_inference_assets.assets.shards import scored_shards_asset, shard_manifest_asset
+from batch_inference_assets.assets.sinks import sink_assets
 from batch_inference_assets.assets.training import training_assets
 from batch_inference_assets.spec import PipelineSpec
 
@@ -61,6 +62,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         predictions_asset(spec),
         drift_stats_asset(spec),
         *export_assets(spec),
+        *sink_assets(spec),
     ]
     job = dg.define_asset_job(
         f"{name}_daily",

@@ -5,6 +5,7 @@ warehouse holds. The warehouse writes the Parquet files; CSV is converted from t
 batch, so memory stays bounded whatever the partition's size.
 """
 
+from collections.abc import Sequence
 from datetime import date
 
 import pyarrow.csv as pacsv
@@ -23,13 +24,18 @@ ROW_GROUP_ROWS = 65_536
 
 
 def partition_query(
-    spec: PipelineSpec, warehouse: Warehouse, stage: str, top_k: bool = False
+    spec: PipelineSpec,
+    warehouse: Warehouse,
+    stage: str,
+    top_k: bool = False,
+    columns: Sequence[str] = (),
 ) -> str:
+    """The published partition's rows (`columns`, default all) in id order, or its top K."""
     table = warehouse.published_table(spec.output.table)
     if table is None:
         raise ValueError(f"the output table {spec.output.table} does not exist")
     d = warehouse.dialect
-    cols = ", ".join(sql_identifier(c, d) for c in spec.output_contract.names)
+    cols = ", ".join(sql_identifier(c, d) for c in columns or spec.output_contract.names)
     ids = ", ".join(sql_identifier(c, d) for c in spec.features.id_columns)
     sql = f"SELECT {cols} FROM {table} WHERE {sql_identifier(PARTITION_COLUMN, d)} = ?"
     if top_k and spec.exports.top_k:

@@ -1,8 +1,10 @@
-"""The shard fan-out on Celery: real worker processes, a filesystem broker, the user's command.
+"""The shard fan-out on Celery: real worker processes, a real broker, the user's command.
 
 Two workers (one process each, as if on two machines) are started the way the README says,
 with `python -m dagster_defs.celery_worker`, and `dagster asset materialize` submits the run's
 steps to them. The partition must come out exactly as the multiprocess executor publishes it.
+The broker is kombu's filesystem transport (one machine, no service) or, as in production, a
+redis-server given by BATCH_INFERENCE_CELERY_BROKER.
 """
 
 import os
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import redis
 
 from dagster_defs.demo.seed import FIRST_DAY, seed
 from dagster_defs.deployments import local_resources
 from tests.conftest import DAY, churn_yaml, materialize_cli, read_table, write_pipeline
+from tests.servers_redis import redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -48,19 +52,27 @@ def large_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def celery_env(
-    large_template: Path, tmp_path: Path, production_instance: tuple[Path, dict[str, str]]
-) -> dict[str, str]:
+    large_template: Path,
+    tmp_path: Path,
+    production_instance: tuple[Path, dict[str, str]],
+    request: pytest.FixtureRequest,
+) -> Iterator[dict[str, str]]:
     """What the code location and every worker share: the production instance (Postgres),
-    the broker, the data and the pipeline YAML."""
+    the broker, the data and the pipeline YAML. The broker is a folder unless the test asks
+    for "redis" (indirect parametrization)."""
     root = tmp_path / "data"
     shutil.copytree(large_template, root)
-    return {
+    env = {
         **production_instance[1],
         "BATCH_INFERENCE_ROOT": str(root),
         "BATCH_INFERENCE_PIPELINES_DIR": str(pipelines_with_small_shards(tmp_path / "pipelines")),
         "BATCH_INFERENCE_EXECUTOR": "celery",
-        "BATCH_INFERENCE_CELERY_DIR": str(tmp_path / "broker"),
     }
+    if getattr(request, "param", "filesystem") == "redis":
+        with redis_server() as url:  # outlives the workers, which are torn down first
+            yield {**env, "BATCH_INFERENCE_CELERY_BROKER": url}
+    else:
+        yield {**env, "BATCH_INFERENCE_CELERY_DIR": str(tmp_path / "broker")}
 
 
 @pytest.fixture
@@ -159,3 +171,25 @@ def test_celery_workers_score_a_partition_like_the_multiprocess_executor(
     multiprocess_table = read_table(local_resources(other_root))
     compared = [c for c in celery_table.column_names if c not in ("run_id", "scored_at")]
     assert celery_table.select(compared).equals(multiprocess_table.select(compared))
+
+
+@pytest.mark.parametrize("celery_env", ["redis"], indirect=True)
+def test_celery_workers_take_the_steps_from_a_redis_broker(
+    celery_env: dict[str, str], workers: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The production setting: BATCH_INFERENCE_CELERY_BROKER=redis://..., which is also the
+    result backend. One run; the comparison with the multiprocess executor is the test above."""
+    monkeypatch.chdir(tmp_path)
+    home = Path(celery_env["DAGSTER_HOME"])
+    done = materialize_cli("group:churn", DAY, home, celery_env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran_on = step_workers(home, celery_env)
+    assert len([k for k in ran_on if "score_shard[" in k]) == SHARDS
+    assert set(ran_on.values()) == {"worker0@test", "worker1@test"}
+    table = read_table(local_resources(Path(celery_env["BATCH_INFERENCE_ROOT"])))
+    assert table.num_rows == CUSTOMERS
+    with redis.Redis.from_url(celery_env["BATCH_INFERENCE_CELERY_BROKER"]) as broker:
+        results = list(broker.scan_iter(match="celery-task-meta-*"))
+        bindings = list(broker.scan_iter(match="_kombu.binding.*"))
+    assert len(results) == len(ran_on), "each step's result went through the Redis backend"
+    assert bindings, "kombu declared no queue binding in Redis"
