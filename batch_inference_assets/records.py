@@ -40,6 +40,11 @@ class ModelHandle(Record):
     label_threshold: float = 0.5
     classes: list[str] = Field(default_factory=list, description="Multiclass: in output order.")
     metrics: dict[str, float] = Field(default_factory=dict)
+    challengers: list["ModelHandle"] = Field(
+        default_factory=list,
+        description="The spec's challengers, resolved for the same run (not part of the version).",
+    )
+    ref: str = Field(default="", description="The alias or version it was resolved from.")
 
     def feature_contract(self) -> Contract:
         return Contract.of(Column(f.name, f.type) for f in self.features)
@@ -95,6 +100,18 @@ class ShardManifest(Record):
     export_seconds: float = 0.0
 
 
+class ChallengerScore(Record):
+    """One challenger's scores of a shard: the same rows as the champion's file."""
+
+    version: str
+    ref: str
+    path: str
+    rows: int
+    score_histogram: Histogram  # over the champion's reference score edges
+    positives: int = 0
+    score_sum: float = 0.0
+
+
 class ShardScore(Record):
     index: int
     path: str
@@ -106,6 +123,7 @@ class ShardScore(Record):
     confidence_sum: float
     score_sum: float = 0.0
     histograms: dict[str, Histogram]
+    challengers: list[ChallengerScore] = Field(default_factory=list)
 
 
 class ScoredShards(Record):
@@ -128,6 +146,15 @@ class ScoredShards(Record):
     def run_ids(self) -> tuple[str, ...]:
         """The runs that scored the shards (one, or two after a re-execution from failure)."""
         return tuple(sorted({s.run_id for s in self.shards if s.run_id}))
+
+    @property
+    def challenger_versions(self) -> dict[str, str]:
+        """The challengers' versions and the refs they were resolved from, in spec order."""
+        first = min(self.shards, key=lambda s: s.index, default=None)
+        return {c.version: c.ref for c in first.challengers} if first else {}
+
+    def challenger_paths(self) -> list[str]:
+        return [c.path for s in sorted(self.shards, key=lambda s: s.index) for c in s.challengers]
 
 
 class PublishedPartition(Record):

@@ -365,6 +365,74 @@ class AlertSpec(_Strict):
     )
 
 
+class ExplainSpec(_Strict):
+    """Reason codes: each explained row's `top_k` largest feature contributions (LightGBM's own
+    TreeSHAP, `pred_contrib=True`), as columns reason_<i> (the feature) and
+    reason_<i>_contribution (its contribution to the raw score, in log-odds for binary models),
+    plus reason_rest_contribution (the bias and every other feature): for each row the
+    contributions sum to the model's raw margin."""
+
+    top_k: int = Field(default=3, ge=1, le=20, description="Reasons per row.")
+    rows: Literal["all", "top_k", "sample"] = Field(
+        default="all",
+        description="all: every row; top_k: the `row_count` highest-scoring rows of each shard "
+        "(so every row of the partition's top `row_count`); sample: a deterministic sample of "
+        "`sample_rate` of the rows (by id). Rows not explained have null reasons and pay nothing.",
+    )
+    row_count: int = Field(default=1_000, ge=1, description="For rows: top_k.")
+    sample_rate: float = Field(default=0.01, gt=0, le=1, description="For rows: sample.")
+
+
+class DriftSpec(_Strict):
+    """Drift beyond PSI against training and the previous day: per segment, with a report."""
+
+    segment_by: list[str] = Field(
+        default_factory=list,
+        description="Columns (each also in output.passthrough) whose values split every drift "
+        "metric by segment, e.g. [region].",
+    )
+    max_segments: int = Field(
+        default=50, ge=1, le=1000, description="Segments beyond this many are pooled as other."
+    )
+    report: bool = Field(
+        default=True,
+        description="Write each partition's HTML report (reference vs current histograms of "
+        "the score and the most drifted features) to the object store, linked from the metadata.",
+    )
+
+
+class LabelsSpec(_SqlSource):
+    """Late labels: the SQL returns the id columns, `label` and `label_date` (the partition the
+    label belongs to) for :partition_date. `<p>/realized_performance` scores each partition's
+    published predictions against them once `delay_days` have passed and they have landed."""
+
+    delay_days: int = Field(default=30, ge=0, description="How long labels take to land.")
+    min_rows: int = Field(
+        default=1, ge=1, description="A day's labels have landed once this many exist."
+    )
+    lookback_days: int = Field(
+        default=14,
+        ge=1,
+        le=366,
+        description="The labels sensor looks at the lookback_days days ending delay_days ago.",
+    )
+    interval_seconds: int = Field(default=3600, ge=10)
+    enabled: bool = True
+    min_auc: float | None = Field(default=None, ge=0, le=1, description="Check: AUC at least.")
+    max_log_loss: float | None = Field(default=None, gt=0)
+    max_calibration_error: float | None = Field(default=None, gt=0, le=1)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    max_rmse: float | None = Field(default=None, gt=0)
+    max_mae: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _template_is_valid(self) -> "LabelsSpec":
+        _one_of_sql_or_file(self.sql, self.sql_file)
+        if self.sql:
+            SqlTemplate.parse(self.sql).check_parameters(set())
+        return self
+
+
 _KEY_FIELD = re.compile(r"\{([^{}]*)\}")
 
 
@@ -479,12 +547,26 @@ class TrainingSpec(_SqlSource):
         default=0.0, ge=0, description="How much worse than the champion, on the same holdout."
     )
     promote_alias: str = Field(default="champion", json_schema_extra=_NAME_SCHEMA)
+    shadow_days: int = Field(
+        default=0,
+        ge=0,
+        description="Promote a candidate only after it has been scored in the champion's "
+        "shadow (challengers) on this many days with the same rows; until then the gate points "
+        "challenger_alias at it. Training is deterministic, so the training run for the same "
+        "window gives the same version and promotes it once it has the days.",
+    )
+    challenger_alias: str = Field(default="challenger", json_schema_extra=_NAME_SCHEMA)
     schedule: RetrainSchedule | None = None
 
     @field_validator("promote_alias")
     @classmethod
     def _alias_is_identifier(cls, v: str) -> str:
         return valid_model_name(v, "promote_alias")
+
+    @field_validator("challenger_alias")
+    @classmethod
+    def _challenger_alias_is_identifier(cls, v: str) -> str:
+        return valid_model_name(v, "challenger_alias")
 
     @model_validator(mode="after")
     def _template_is_valid(self) -> "TrainingSpec":
@@ -542,6 +624,20 @@ class PipelineSpec(_Strict):
     )
     exports: ExportSpec = Field(default=ExportSpec(), description="Files beside the table.")
     alerts: AlertSpec = Field(default=AlertSpec(), description="Alerts beyond failures.")
+    explain: ExplainSpec | None = Field(
+        default=None, description="Reason codes per row (binary and regression LightGBM models)."
+    )
+    drift: DriftSpec = Field(default=DriftSpec(), description="Segments and the drift report.")
+    labels: LabelsSpec | None = Field(
+        default=None, description="Late labels: realized performance once they land."
+    )
+    challengers: list[str] = Field(
+        default_factory=list,
+        description="Models (aliases or versions of the same model name) scored on exactly the "
+        "champion's rows by the same shard steps, published to <table>_shadow and compared in "
+        "<name>/challenger_comparison.",
+        json_schema_extra={"items": _REF_SCHEMA},
+    )
     sinks: list[SinkSpec] = Field(
         default_factory=list,
         description="Where each published partition also goes: a Redis online store, a Kafka "
@@ -601,6 +697,7 @@ class PipelineSpec(_Strict):
         errors = [_at(("output", "columns"), "; ".join(problems))] if problems else []
         errors += self._passthrough_problems(declared)
         errors += self._sink_problems(declared)
+        errors += self._section_problems()
         if self.exports.top_k and self.exports.top_k.by not in declared:
             by = self.exports.top_k.by
             errors.append(_at(("exports", "top_k", "by"), f"{by!r} is not an output column"))
@@ -624,6 +721,42 @@ class PipelineSpec(_Strict):
                     _at(where, f"{name!r} is not declared in output.columns: give its type there")
                 )
             seen.add(name)
+        return errors
+
+    def _section_problems(self) -> list[InitErrorDetails]:
+        errors = []
+        for i, name in enumerate(self.drift.segment_by):
+            if name not in self.output.passthrough:
+                errors.append(
+                    _at(("drift", "segment_by", i), f"{name!r} is not in output.passthrough")
+                )
+        if self.explain is not None and self.model.kind not in (
+            "lightgbm_binary",
+            "lightgbm_regression",
+        ):
+            errors.append(_at(("explain",), f"not available for {self.model.kind} models"))
+        for i, ref in enumerate(self.challengers):
+            try:
+                valid_model_ref(ref)
+            except ValueError as err:
+                errors.append(_at(("challengers", i), str(err)))
+            if ref == self.model.ref:
+                errors.append(_at(("challengers", i), f"{ref!r} is the model.ref itself"))
+        if self.challengers and self.model.kind == "python":
+            errors.append(_at(("challengers",), "not available for python models"))
+        training = self.training
+        if training and training.shadow_days and training.challenger_alias not in self.challengers:
+            errors.append(
+                _at(
+                    ("training", "shadow_days"),
+                    f"needs challengers to list {training.challenger_alias!r}, so the daily "
+                    "runs score the candidate in the shadow",
+                )
+            )
+        if self.challengers and self.output.mode != "replace_partition":
+            errors.append(
+                _at(("challengers",), "need output.mode replace_partition (every row, each day)")
+            )
         return errors
 
     def _sink_problems(self, declared: dict[str, OutputColumn]) -> list[InitErrorDetails]:
@@ -652,13 +785,27 @@ class PipelineSpec(_Strict):
 
     @property
     def output_contract(self) -> Contract:
-        return Contract.of(
-            Column(c.name, c.type, c.nullable, c.description) for c in self.output.columns
-        )
+        """The table's columns: those declared in `output.columns`, then the reason columns
+        when `explain` is set."""
+        declared = [Column(c.name, c.type, c.nullable, c.description) for c in self.output.columns]
+        return Contract.of([*declared, *self.reason_columns])
+
+    @property
+    def reason_columns(self) -> list[Column]:
+        if self.explain is None:
+            return []
+        out = []
+        for i in range(1, self.explain.top_k + 1):
+            out += [
+                Column(f"reason_{i}", "string", True, f"The feature with the no. {i} contribution"),
+                Column(f"reason_{i}_contribution", "float64", True, f"reason_{i}'s contribution"),
+            ]
+        rest = "The bias and every other feature's contribution: the row's contributions sum to "
+        return [*out, Column("reason_rest_contribution", "float64", True, rest + "its raw score")]
 
 
 COMPONENT_TYPE = "batch_inference_assets.BatchInferencePipeline"
-SQL_SECTIONS = ("features", "training")
+SQL_SECTIONS = ("features", "training", "labels")
 
 
 def yaml_line(path: Path, field: Sequence[str | int]) -> int | None:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from batch_inference_assets import PipelineSpec, build_pipeline, load_spec
-from batch_inference_assets.spec import COMPONENT_TYPE
+from batch_inference_assets.spec import COMPONENT_TYPE, SQL_SECTIONS
 from dagster_defs.definitions import PIPELINES_DIR
 from dagster_defs.demo.seed import seed
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
@@ -31,6 +31,8 @@ RERUN_AFTER_SHARD_00001 = {
     "churn__scored_shards.churn__score_shard[shard_00001]",
     "churn__scored_shards.churn__collect_scores",
     "churn__predictions",
+    "churn__shadow_predictions",
+    "churn__challenger_comparison",
     "churn__drift_stats",
     "churn__exports",
     "churn__top_k",
@@ -38,6 +40,9 @@ RERUN_AFTER_SHARD_00001 = {
 DEPLOY = Path(__file__).parents[1] / "dagster_defs" / "deploy"  # production instance, Helm values
 OUTPUT_COLUMNS = [
     "customer_id", "score", "label", "model_version", "scored_at", "run_id", "partition_date",
+    "region",  # passthrough
+    "reason_1", "reason_1_contribution", "reason_2", "reason_2_contribution",
+    "reason_3", "reason_3_contribution", "reason_rest_contribution",  # explain: top_k 3
 ]  # fmt: skip
 
 
@@ -227,7 +232,7 @@ def pipeline_yaml(name: str) -> dict[str, Any]:
 
     folder = PIPELINES_DIR / name
     raw: dict[str, Any] = yaml.safe_load((folder / "defs.yaml").read_text())["attributes"]
-    for section in ("features", "training"):
+    for section in SQL_SECTIONS:
         if "sql_file" in raw.get(section, {}):
             raw[section]["sql_file"] = str(folder / raw[section]["sql_file"])
     return raw

@@ -85,11 +85,14 @@ def load_into_snowflake(
         con.close()
 
 
-def seeded_features(duckdb_file: Path, days: list[str]) -> pa.Table:
+def seeded_features(
+    duckdb_file: Path, days: list[str], table: str = "customer_features"
+) -> pa.Table:
+    """The seed's rows of `days` from one of its daily tables (by snapshot_date)."""
     con = duckdb.connect(str(duckdb_file), read_only=True)
     try:
         return con.sql(
-            "SELECT * FROM raw.customer_features WHERE snapshot_date IN "
+            f"SELECT * FROM raw.{table} WHERE snapshot_date IN "
             f"({', '.join('?' for _ in days)}) ORDER BY snapshot_date, customer_id",
             params=days,
         ).to_arrow_table()

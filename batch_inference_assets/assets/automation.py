@@ -1,4 +1,5 @@
-"""Automation per pipeline: a cron schedule for the previous day, and a landing sensor."""
+"""Automation per pipeline: a cron schedule for the previous day, a landing sensor, and a labels
+sensor for realized performance."""
 
 import json
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ import dagster as dg
 from batch_inference_assets.assets.training import training_run_config
 from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.sql import SqlTemplate
+from batch_inference_assets.stages import performance
 
 if TYPE_CHECKING:  # pipeline.py builds these; only the annotation is needed here
     from batch_inference_assets.assets.pipeline import Pipeline
@@ -135,5 +137,73 @@ def build_landing_sensor(
         context.update_cursor(json.dumps({"fired": sorted((fired | set(requested)) & keep)}))
         if not requested:
             yield dg.SkipReason(f"no new day with {landing.min_rows}+ rows in {len(window)} days")
+
+    return sensor
+
+
+def labels_window(today: date, delay_days: int, lookback_days: int, first: date) -> list[date]:
+    """The days the labels sensor looks at: the `lookback_days` days ending `delay_days` ago
+    (labels take that long to land), oldest first."""
+    last = today - timedelta(days=delay_days)
+    days = [last - timedelta(days=n) for n in range(lookback_days - 1, -1, -1)]
+    return [d for d in days if d >= first]
+
+
+def build_labels_sensor(
+    pipeline: "Pipeline", clock: Clock = _utc_now
+) -> dg.SensorDefinition | None:
+    """Requests `<p>/realized_performance` for each published day once its labels landed.
+
+    Like the landing sensor: the cursor holds the days already requested within the window,
+    and run keys make Dagster deduplicate as well.
+    """
+    spec, labels = pipeline.spec, pipeline.spec.labels
+    if labels is None:
+        return None
+    target = pipeline.key("realized_performance")
+
+    @dg.sensor(
+        name=f"{spec.name}_labels_sensor",
+        target=[target],
+        minimum_interval_seconds=labels.interval_seconds,
+        default_status=(
+            dg.DefaultSensorStatus.RUNNING if labels.enabled else dg.DefaultSensorStatus.STOPPED
+        ),
+        description=f"Measures a published day of {spec.name} against its labels once "
+        f"{labels.min_rows} of them landed, looking {labels.delay_days} to "
+        f"{labels.delay_days + labels.lookback_days - 1} days back.",
+    )
+    def sensor(
+        context: dg.SensorEvaluationContext, warehouse: Warehouse
+    ) -> Iterator[dg.RunRequest | dg.SkipReason]:
+        today = clock().astimezone(ZoneInfo(spec.timezone)).date()
+        window = labels_window(today, labels.delay_days, labels.lookback_days, spec.start_date)
+        fired = set(json.loads(context.cursor or "{}").get("fired", []))
+        todo = [d for d in window if d.isoformat() not in fired and not spec.past_end(d)]
+        published = (
+            performance.published_days(spec, warehouse, todo[0], todo[-1]) if todo else set()
+        )
+        requested = []
+        for day in (d for d in todo if d in published):
+            key = day.isoformat()
+            time_window = pipeline.partitions.time_window_for_partition_key(key)
+            count = performance.count_labels(
+                spec, warehouse, day, (time_window.start, time_window.end)
+            )
+            if count >= labels.min_rows:
+                requested.append(key)
+                yield dg.RunRequest(
+                    run_key=f"{spec.name}:labels:{key}",
+                    partition_key=key,
+                    asset_selection=[target],
+                    tags={"trigger": "labels_sensor", "labelled_rows": str(count),
+                          "pipeline": spec.name},
+                )  # fmt: skip
+        keep = {d.isoformat() for d in window}
+        context.update_cursor(json.dumps({"fired": sorted((fired | set(requested)) & keep)}))
+        if not requested:
+            yield dg.SkipReason(
+                f"no new published day with {labels.min_rows}+ labels in {len(window)} days"
+            )
 
     return sensor

@@ -33,6 +33,10 @@ MEAN_SCORE_WITHIN_BOUNDS = "mean_score_within_bounds"
 # drift_stats
 SCORE_DRIFT_BELOW_THRESHOLD = "score_drift_below_threshold"
 FEATURE_DRIFT_BELOW_THRESHOLD = "feature_drift_below_threshold"
+# challenger_comparison
+CHALLENGER_SCORED_THE_SAME_ROWS = "challenger_scored_the_same_rows"
+# realized_performance
+REALIZED_PERFORMANCE_WITHIN_THRESHOLDS = "realized_performance_within_thresholds"
 # training
 PROMOTION_GATE = "promotion_gate"
 
@@ -84,6 +88,13 @@ REGISTRY: dict[str, Check] = {
               "distribution is under checks.psi_warn (ERROR severity from psi_error)."),
         Check(FEATURE_DRIFT_BELOW_THRESHOLD, False, "The largest feature PSI vs training is "
               "under checks.psi_warn (ERROR severity from psi_error)."),
+        Check(CHALLENGER_SCORED_THE_SAME_ROWS, False, "Each challenger has exactly one "
+              "published shadow score for every id the champion published for the day, and "
+              "none for any other id."),
+        Check(REALIZED_PERFORMANCE_WITHIN_THRESHOLDS, False, "Once the day's labels have "
+              "landed, the realized metrics are within the thresholds set in `labels` (min_auc, "
+              "max_log_loss, max_calibration_error, min_accuracy, max_rmse, max_mae); passes "
+              "when none is set. The result says which were compared."),
         Check(PROMOTION_GATE, True, "The candidate's holdout metric clears the threshold and is "
               "not worse than the champion's on the same holdout by more than the tolerance."),
     )

@@ -52,6 +52,10 @@ def day(context: Context) -> date:
     return datetime.strptime(context.partition_key, "%Y-%m-%d").date()
 
 
+# Stages that only read a published day (late labels come weeks later): a run of them alone
+# never holds a day's scoring back.
+READ_ONLY = frozenset({"realized_performance"})
+
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -94,6 +98,8 @@ def earlier_run_of_the_day(spec: PipelineSpec, context: Context) -> str | None:
         run = record.dagster_run
         if run.run_id in lineage or spec.name not in run_pipelines(run, [], [spec.name]):
             continue
+        if run.asset_selection and all(k.path[-1] in READ_ONLY for k in run.asset_selection):
+            continue  # it only reads what the day published
         if (record.create_timestamp, run.run_id) < (mine.create_timestamp, mine.dagster_run.run_id):
             return run.run_id
     return None

@@ -6,11 +6,13 @@ from typing import Any
 import dagster as dg
 
 from batch_inference_assets.assets import automation
+from batch_inference_assets.assets.challengers import challenger_assets
 from batch_inference_assets.assets.common import key, partitions
 from batch_inference_assets.assets.drift import drift_stats_asset
 from batch_inference_assets.assets.exports import export_assets
 from batch_inference_assets.assets.features import source_features_asset
 from batch_inference_assets.assets.model import model_asset
+from batch_inference_assets.assets.performance import realized_performance_asset
 from batch_inference_assets.assets.predictions import predictions_asset
 from batch_inference_assets.assets.shards import scored_shards_asset, shard_manifest_asset
 from batch_inference_assets.assets.sinks import sink_assets
@@ -47,6 +49,8 @@ class Pipeline:
             schedules.append(retrain)
         if (landing := automation.build_landing_sensor(self)) is not None:
             sensors.append(landing)
+        if (labels := automation.build_labels_sensor(self)) is not None:
+            sensors.append(labels)
         return dg.Definitions(
             assets=self.all_assets, jobs=self.jobs, schedules=schedules, sensors=sensors
         )
@@ -60,13 +64,18 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         shard_manifest_asset(spec),
         scored_shards_asset(spec),
         predictions_asset(spec),
+        *challenger_assets(spec),
         drift_stats_asset(spec),
         *export_assets(spec),
         *sink_assets(spec),
+        *([realized_performance_asset(spec)] if spec.labels else []),
     ]
+    selection: dg.AssetSelection = dg.AssetSelection.groups(name)
+    if spec.labels:  # measured once its labels land (`<name>_labels_sensor`), not with the scoring
+        selection -= dg.AssetSelection.assets(key(spec, "realized_performance"))
     job = dg.define_asset_job(
         f"{name}_daily",
-        selection=dg.AssetSelection.groups(name),
+        selection=selection,
         partitions_def=partitions(spec),
         description=f"Score one day of {name} end to end.",
         # Run-level timeout (enforced by run monitoring) and a tag for per-pipeline queue limits.

@@ -100,13 +100,17 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
         model: ModelHandle,
     ) -> dg.Output[ShardScore]:
         stage = f"scoring {shard.key}"
-        try:
-            predictor, warning = model_stage.predictor_for(spec, model, model_store)
-        except model_stage.ModelProblem as err:
-            raise fail(spec, context, stage, str(err)) from err
-        if warning:
-            context.log.warning(warning)
-        scorer = kinds.Scorer(model, predictor, spec.output_contract, spec.model_output_columns)
+        scorers = []
+        for each in (model, *model.challengers):  # the challengers score the same batches
+            try:
+                predictor, warning = model_stage.predictor_for(spec, each, model_store)
+            except model_stage.ModelProblem as err:
+                raise fail(spec, context, stage, str(err)) from err
+            if warning:
+                context.log.warning(warning)
+            out = spec.output_contract
+            scorers.append(kinds.Scorer(each, predictor, out, spec.model_output_columns))
+        scorer, predictor = scorers[0], scorers[0].predictor
         run = scoring.ScoringRun(
             pipeline=name,
             partition=day(context),
@@ -118,9 +122,13 @@ def _score_shard_op(spec: PipelineSpec) -> dg.OpDefinition:
             batch_rows=spec.sharding.batch_rows,
             batch_bytes=spec.sharding.batch_bytes,
             timeout_seconds=spec.timeouts.shard_seconds,
+            explain=spec.explain,
         )
         try:
-            result = scoring.score_shard(shard, model, scorer, run, object_store)
+            result = scoring.score_shard(
+                shard, model, scorer, run, object_store,
+                challengers=list(zip(model.challengers, scorers[1:], strict=True)),
+            )  # fmt: skip
         except scoring.ShardTimeout as err:
             raise fail(spec, context, stage, str(err), retryable=True) from err
         except OSError as err:  # storage hiccups: worth the retry policy

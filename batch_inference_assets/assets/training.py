@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from batch_inference_assets.assets import checks
-from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, pool, training_key
+from batch_inference_assets.assets.common import RECORDS_IO_MANAGER, key, pool, training_key
 from batch_inference_assets.errors import PipelineFailure
 from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
 from batch_inference_assets.models.store import ModelStore, ModelStoreError
@@ -31,6 +31,19 @@ def training_run_config(pipeline: str, window_end: date) -> dict[str, Any]:
     return {"ops": {op: {"config": {"window_end": window_end.isoformat()}}}}
 
 
+def shadow_days(instance: dg.DagsterInstance, spec: PipelineSpec, version: str) -> int:
+    """The days `version` was compared with the champion on the same rows, from the history of
+    `<p>/challenger_comparison`."""
+    days = set()
+    records = instance.fetch_materializations(key(spec, "challenger_comparison"), limit=10_000)
+    for record in records.records:
+        event = record.asset_materialization
+        same = event.metadata.get("same_rows") if event else None
+        if same is not None and same.value.get(version) is True:  # type: ignore[union-attr]
+            days.add(record.partition_key)
+    return len(days)
+
+
 def training_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
     assert spec.training is not None
     name, group, alias = spec.name, f"{spec.name}_training", spec.training.promote_alias
@@ -46,7 +59,10 @@ def training_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
         io_manager_key=RECORDS_IO_MANAGER,
     )
     def candidate_model(
-        config: TrainingConfig, warehouse: Warehouse, model_store: ModelStore
+        context: dg.AssetExecutionContext,
+        config: TrainingConfig,
+        warehouse: Warehouse,
+        model_store: ModelStore,
     ) -> Iterator[Any]:
         end = date.fromisoformat(config.window_end) if config.window_end else date.today()
         try:
@@ -67,6 +83,20 @@ def training_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
             },
         )
         passed, description = training.gate(candidate)
+        assert spec.training is not None
+        needed = spec.training.shadow_days
+        if passed and needed and candidate.version != candidate.champion_version:
+            days = shadow_days(context.instance, spec, candidate.version)
+            passed, why = training.shadow_gate(candidate, days, needed)
+            description = f"{description}; {why}"
+            if not passed:  # the daily runs score it beside the champion from now on
+                shadowed = training.promote(
+                    model_store, spec.model.name, spec.training.challenger_alias, candidate.version
+                )
+                context.log.info(
+                    f"{spec.model.name}@{shadowed.alias}: {shadowed.previous} -> "
+                    f"{candidate.version}"
+                )
         yield dg.AssetCheckResult(
             check_name=checks.PROMOTION_GATE,
             passed=passed,

@@ -73,12 +73,14 @@ class PublishRequest:
     # scores may be published (this run and the run it re-executes) and the model version.
     run_ids: tuple[str, ...] = ()
     model_version: str | None = None
+    # Several allowed versions instead (the shadow table holds each challenger's rows).
+    model_versions: tuple[str, ...] = ()
     run_id_column: str = "run_id"
     model_version_column: str = "model_version"
 
     def staged_stats_params(self) -> list[Any]:
         """The values `staged_stats_sql` binds, in order."""
-        versions = [self.model_version] if self.model_version else []
+        versions = list(self.allowed_versions)
         return [self.partition_value, *self.run_ids, *versions]
 
     def staged_stats_sql(self, stage: str, dialect: str) -> str:
@@ -95,9 +97,13 @@ class PublishRequest:
             "HAVING COUNT(*) > 1) AS dupes), "
             f"COALESCE(SUM(CASE WHEN {part} = ? THEN 0 ELSE 1 END), 0), "
             f"{self._count_other(q(self.run_id_column), len(self.run_ids))}, "
-            f"{self._count_other(q(self.model_version_column), 1 if self.model_version else 0)} "
+            f"{self._count_other(q(self.model_version_column), len(self.allowed_versions))} "
             f"FROM {stage}"
         )
+
+    @property
+    def allowed_versions(self) -> tuple[str, ...]:
+        return self.model_versions or ((self.model_version,) if self.model_version else ())
 
     @staticmethod
     def _count_other(column: str, allowed: int) -> str:

@@ -156,7 +156,15 @@ def profile_export(
             unseen = f"{c} IS NOT NULL AND NOT list_contains(?, {c})"
             parts += [f"COUNT(*) - COUNT({c})", "0", f"COUNT(*) FILTER (WHERE {unseen})"]
             params.append(list(f.categories))
-    con = duckdb.connect(config={"memory_limit": "512MB", "preserve_insertion_order": False})
+    con = duckdb.connect(
+        config={
+            "memory_limit": "512MB",
+            "preserve_insertion_order": False,
+            # Parquet min/max statistics leave NaN out (pyarrow's writer among others), and
+            # DuckDB would fold isnan() to false from them: NaNs would count as values.
+            "disabled_optimizers": "statistics_propagation",
+        }
+    )
     try:
         if not object_store.is_local:
             con.register_filesystem(object_store.base.fs)

@@ -18,17 +18,30 @@ class ModelProblem(ValueError):
 
 
 def resolve(spec: PipelineSpec, model_store: ModelStore) -> ModelHandle:
-    """The exact version behind `model.ref`, verified against its hash and the spec's kind."""
+    """The exact version behind `model.ref`, verified against its hash and the spec's kind,
+    with the spec's challengers resolved the same way (once per run, so every shard scores the
+    same versions; a challenger that is the champion's version is left out)."""
+    handle = _resolve_ref(spec, model_store, spec.model.ref)
+    challengers: dict[str, ModelHandle] = {}
+    for ref in spec.challengers:
+        try:
+            challenger = _resolve_ref(spec, model_store, ref)
+        except ModelProblem as err:
+            raise ModelProblem(f"challenger {ref!r}: {err}") from err
+        if challenger.version != handle.version:
+            challengers.setdefault(challenger.version, challenger)
+    return handle.model_copy(update={"challengers": list(challengers.values())})
+
+
+def _resolve_ref(spec: PipelineSpec, model_store: ModelStore, ref: str) -> ModelHandle:
     try:
-        handle = model_store.load(
-            spec.model.name, spec.model.ref, label_threshold=spec.model.label_threshold
-        )
+        handle = model_store.load(spec.model.name, ref, label_threshold=spec.model.label_threshold)
     except (ModelStoreError, ValidationError) as err:
         raise ModelProblem(str(err)) from err
     problems = kinds.fit_problems(handle, spec.model.kind, spec.model_output_columns)
     if problems:
         raise ModelProblem("; ".join(problems))
-    return handle
+    return handle.model_copy(update={"ref": ref})
 
 
 @dataclass(frozen=True)

@@ -122,13 +122,56 @@ def publish_partition(
         run_ids=scored.run_ids or (run_id,),
         model_version=scored.model_version,
     )
+    return _gate_and_commit(warehouse, object_store, request, scored.source_rows, classifier)
+
+
+def _gate_and_commit(
+    warehouse: Warehouse,
+    object_store: ObjectStore,
+    request: PublishRequest,
+    expected_rows: int,
+    classifier: bool,
+) -> tuple[StagedStats, list[GateResult]]:
     with warehouse.stage_publication(request, object_store) as staged:
-        gates = evaluate_gates(staged.stats, scored.source_rows, classifier)
+        gates = evaluate_gates(staged.stats, expected_rows, classifier)
         if not all(g.passed for g in gates):
             staged.rollback()
             raise PublicationRejected(gates)
         staged.commit()
     return staged.stats, gates
+
+
+def shadow_table(spec: PipelineSpec) -> str:
+    return f"{spec.output.table}_shadow"
+
+
+def publish_shadow(
+    spec: PipelineSpec,
+    warehouse: Warehouse,
+    object_store: ObjectStore,
+    scored: ScoredShards,
+    day: date,
+    run_id: str,
+) -> tuple[StagedStats, list[GateResult]]:
+    """The challengers' scores of the partition into `<table>_shadow`, replaced atomically
+    behind the same gates as the champion's: one row per id and challenger version, every id
+    the champion scored, from this run's files and the versions the run resolved."""
+    versions = tuple(scored.challenger_versions)
+    request = PublishRequest(
+        table=shadow_table(spec),
+        contract=spec.output_contract,
+        partition_column=PARTITION_COLUMN,
+        partition_value=day,
+        files=scored.challenger_paths(),
+        mode="replace_partition",
+        id_columns=[*spec.features.id_columns, "model_version"],
+        score_column=SCORE_COLUMN,
+        tag=QueryTag(spec.name, day.isoformat(), run_id, "shadow_predictions"),
+        run_ids=scored.run_ids or (run_id,),
+        model_versions=versions,
+    )
+    expected = scored.source_rows * len(versions)
+    return _gate_and_commit(warehouse, object_store, request, expected, spec.model.is_classifier)
 
 
 def score_metadata(scored: ScoredShards, kind: str) -> dict[str, float]:

@@ -1,10 +1,13 @@
 """Scored shards: stream one shard's row groups through the model into one Parquet file."""
 
+import contextlib
+import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +19,9 @@ from batch_inference_assets.io.object_store import ObjectStore
 from batch_inference_assets.io.parquet_files import place_file, temp_file_for
 from batch_inference_assets.models.kinds import Scored, Scorer
 from batch_inference_assets.models.matrix import feature_matrix
+from batch_inference_assets.models.reasons import ShardReasons, column_names
 from batch_inference_assets.records import (
+    ChallengerScore,
     Histogram,
     ModelHandle,
     ScoredShards,
@@ -24,7 +29,7 @@ from batch_inference_assets.records import (
     ShardManifest,
     ShardScore,
 )
-from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN, Sharding
+from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN, ExplainSpec, Sharding
 from batch_inference_assets.stages import stats
 
 FEATURE_SAMPLE_ROWS_PER_BATCH = 8_192
@@ -57,6 +62,7 @@ class ScoringRun:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     timeout_seconds: float = float("inf")
     passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
+    explain: ExplainSpec | None = None  # reason codes, see models/reasons.py
 
     @property
     def copied_columns(self) -> list[str]:
@@ -175,7 +181,11 @@ def iter_shard_batches(
 
 
 def output_batch(
-    batch: pa.RecordBatch, scored: Scored, model: ModelHandle, run: ScoringRun
+    batch: pa.RecordBatch,
+    scored: Scored,
+    model: ModelHandle,
+    run: ScoringRun,
+    reasons: dict[str, pa.Array] | None = None,
 ) -> pa.RecordBatch:
     n = batch.num_rows
     schema = run.output.arrow_schema()
@@ -189,7 +199,33 @@ def output_batch(
     }
     for name in run.copied_columns:
         values[name] = batch.column(name).cast(schema.field(name).type)
+    if run.explain is not None:  # rows not explained (or not yet: rows: top_k) have null reasons
+        for name in column_names(run.explain.top_k):
+            values[name] = (reasons or {}).get(name, pa.nulls(n))
     return pa.RecordBatch.from_arrays([values[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def fill_deferred_reasons(
+    file: Path, explainer: ShardReasons, schema: pa.Schema, batch_rows: int
+) -> None:
+    """rows: top_k: rewrite the finished scored file with the reasons of the shard's highest
+    scores, known only now. A second pass over the scored rows (narrow: no features), one batch
+    at a time, so memory stays that of one batch plus the leaders' feature rows."""
+    rewritten = file.with_name(file.name.removesuffix(".parquet.tmp") + ".reasons.parquet.tmp")
+    try:
+        with (
+            pq.ParquetFile(file) as reader,
+            pq.ParquetWriter(rewritten, schema, compression="zstd") as writer,
+        ):
+            start = 0
+            for batch in reader.iter_batches(batch_size=batch_rows):
+                filled = explainer.columns_at(start, batch.num_rows)
+                columns = [filled.get(f.name, batch.column(f.name)).cast(f.type) for f in schema]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+                start += batch.num_rows
+        os.replace(rewritten, file)
+    finally:
+        rewritten.unlink(missing_ok=True)
 
 
 class _ShardAccumulator:
@@ -228,21 +264,85 @@ class _ShardAccumulator:
         }
 
 
+class _Shadow:
+    """One challenger scoring the champion's batches: its own file, its score histogram over
+    the champion's reference score edges (so the two distributions compare bucket by bucket)."""
+
+    def __init__(
+        self, model: ModelHandle, scorer: Scorer, edges: list[float], target: UPath, run: ScoringRun
+    ) -> None:
+        self.model, self.scorer, self.target, self.run = model, scorer, target, run
+        self.tmp = temp_file_for(target)
+        self.edges = edges
+        self.counts = np.zeros(len(edges) + 2, dtype=np.int64)
+        self.rows = self.positives = 0
+        self.score_sum = 0.0
+
+    def add(self, batch: pa.RecordBatch, writer: pq.ParquetWriter) -> None:
+        x = feature_matrix(batch, self.model.features)
+        scored = self.scorer.score(batch, x)
+        self.counts += stats.bucket_counts(scored.score, self.edges)
+        self.rows += len(scored.score)
+        self.score_sum += float(np.nansum(scored.score))
+        if self.model.kind == "lightgbm_binary":
+            self.positives += int((scored.score >= self.model.label_threshold).sum())
+        writer.write_batch(output_batch(batch, scored, self.model, self.run))
+
+    def result(self) -> ChallengerScore:
+        return ChallengerScore(
+            version=self.model.version,
+            ref=self.model.ref,
+            path=str(self.target),
+            rows=self.rows,
+            score_histogram=Histogram(edges=self.edges, counts=self.counts.tolist()),
+            positives=self.positives,
+            score_sum=self.score_sum,
+        )
+
+
+def challenger_path(
+    object_store: ObjectStore, run: ScoringRun, version: str, shard: Shard
+) -> UPath:
+    """Inside the run's scored folder, so retention and cancellation treat it alike."""
+    day = run.partition.isoformat()
+    return object_store.path(
+        run.pipeline, "scored", day, run.run_id, "challengers", version, f"{shard.key}.parquet"
+    )
+
+
 def score_shard(
     shard: Shard,
     model: ModelHandle,
     scorer: Scorer,
     run: ScoringRun,
     object_store: ObjectStore,
+    challengers: Sequence[tuple[ModelHandle, Scorer]] = (),
 ) -> ShardScore:
-    """Score `shard` batch by batch; the output file appears whole or not at all."""
+    """Score `shard` batch by batch, with the champion and each challenger on the same batches
+    (one read of the shard); every output file appears whole or not at all."""
     started = time.perf_counter()
     target = scored_path(object_store, run.pipeline, run.partition.isoformat(), run.run_id, shard)
-    columns = list(dict.fromkeys([*run.copied_columns, *(f.name for f in model.features)]))
+    features = [f.name for m in (model, *(c for c, _ in challengers)) for f in m.features]
+    columns = list(dict.fromkeys([*run.copied_columns, *features]))
     acc = _ShardAccumulator(model)
+    names = [f.name for f in model.features]
+    explainer = (
+        ShardReasons(run.explain, scorer.predictor, names, run.id_columns) if run.explain else None
+    )
+    edges = model.reference[stats.SCORE_KEY].edges
+    shadows = [
+        _Shadow(c, s, edges, challenger_path(object_store, run, c.version, shard), run)
+        for c, s in challengers
+    ]
     tmp = temp_file_for(target)
+    schema = run.output.arrow_schema()
     try:
-        with pq.ParquetWriter(tmp, run.output.arrow_schema(), compression="zstd") as writer:
+        with contextlib.ExitStack() as files:
+            writer = files.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
+            shadow_writers = [
+                files.enter_context(pq.ParquetWriter(s.tmp, schema, compression="zstd"))
+                for s in shadows
+            ]
             batches = iter_shard_batches(
                 shard, columns, run.batch_rows, object_store, run.batch_bytes
             )
@@ -250,17 +350,25 @@ def score_shard(
                 x = feature_matrix(batch, model.features)
                 scored = scorer.score(batch, x)
                 acc.add(x, scored.score)
-                writer.write_batch(output_batch(batch, scored, model, run))
+                why = explainer.batch(batch, x, scored.score) if explainer else None
+                writer.write_batch(output_batch(batch, scored, model, run, why))
+                for shadow, shadow_writer in zip(shadows, shadow_writers, strict=True):
+                    shadow.add(batch, shadow_writer)
                 elapsed = time.perf_counter() - started
                 if elapsed > run.timeout_seconds:
                     raise ShardTimeout(
                         f"{shard.key} exceeded its {run.timeout_seconds:g}s timeout after "
                         f"{acc.rows} of {shard.rows} rows ({elapsed:.1f}s)"
                     )
+        if explainer is not None and explainer.deferred:
+            fill_deferred_reasons(tmp, explainer, schema, run.batch_rows)
+        for shadow in shadows:  # the challengers' files first: the champion's marks completion
+            place_file(shadow.tmp, shadow.target)
         place_file(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in [tmp, *(s.tmp for s in shadows)]:
+            if leftover.exists():
+                leftover.unlink()
     return ShardScore(
         index=shard.index,
         path=str(target),
@@ -272,6 +380,7 @@ def score_shard(
         confidence_sum=acc.confidence_sum,
         score_sum=acc.score_sum,
         histograms=acc.histograms(),
+        challengers=[s.result() for s in shadows],
     )
 
 

@@ -163,6 +163,17 @@ def gate(c: CandidateModel) -> tuple[bool, str]:
     return passed, f"{verdict} candidate {c.version}: " + "; ".join(reasons)
 
 
+def shadow_gate(c: CandidateModel, days: int, needed: int) -> tuple[bool, str]:
+    """With training.shadow_days: the candidate must have been scored in the champion's shadow,
+    on the same rows, on `needed` days (it has `days`)."""
+    if days >= needed:
+        return True, f"{days} days in the shadow (needs {needed})"
+    return False, (
+        f"{days} of the {needed} days in the shadow it needs: scored as a challenger from now on; "
+        "run the training for the same window again once it has them"
+    )
+
+
 def promote(model_store: ModelStore, model: str, alias: str, version: str) -> Promotion:
     """Move `alias` to a version that passed the gate, remembering where it pointed."""
     try:

@@ -16,8 +16,10 @@ import time
 from datetime import date
 from pathlib import Path
 
+import dagster as dg
+
 from batch_inference_assets.assets.training import training_run_config
-from dagster_defs.demo.seed import record_seeded_champion, seed
+from dagster_defs.demo.seed import OUTCOMES_UNTIL, record_seeded_champion, seed
 from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA, local_resources
 
 DEMO_PARTITION = "2026-10-15"
@@ -47,6 +49,50 @@ def materialize(
     return time.perf_counter() - started
 
 
+def beyond_scoring(root: Path, day: str) -> str:
+    """Where the demo's challenger, reason codes, segment drift and realized performance are."""
+    warehouse = local_resources(root)["warehouse"]
+    shadow, flips, version = (
+        warehouse.query(
+            "SELECT COUNT(*), AVG(CASE WHEN s.label <> c.label THEN 1.0 ELSE 0.0 END), "
+            f"ANY_VALUE(s.model_version) FROM {DEMO_OUTPUT_SCHEMA}.churn_predictions_shadow s "
+            f"JOIN {DEMO_OUTPUT_SCHEMA}.churn_predictions c USING (customer_id, partition_date) "
+            "WHERE partition_date = ?",
+            [day],
+        )
+        .to_pylist()[0]
+        .values()
+    )
+    explained = (
+        warehouse.query(
+            f"SELECT COUNT(reason_1) AS n FROM {DEMO_OUTPUT_SCHEMA}.churn_predictions "
+            "WHERE partition_date = ?",
+            [day],
+        )
+        .column("n")[0]
+        .as_py()
+    )
+    auc = "see its metadata"
+    with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME, as make demo sets it
+        found = instance.fetch_materializations(
+            dg.AssetKey(["churn", "realized_performance"]), limit=1
+        ).records
+        measured = found[0].asset_materialization if found else None
+        if measured is not None and "auc" in measured.metadata:
+            auc = f"AUC {measured.metadata['auc'].value:.3f}"
+    churn = root / "object_store" / "churn"
+    return (
+        f"  churn, beyond scoring ({day}):\n"
+        f"    challenger  churn@challenger={version} scored the same {shadow:,} rows: "
+        f"{DEMO_OUTPUT_SCHEMA}.churn_predictions_shadow, {flips:.1%} of labels flip; "
+        "churn/challenger_comparison\n"
+        f"    reasons     reason_1..3 on {explained:,} rows (each shard's 100 highest scores)\n"
+        f"    segments    drift per region, report {churn / 'drift' / day / 'report.html'}\n"
+        f"    labels      churn/realized_performance: {auc} (outcomes land until {OUTCOMES_UNTIL}; "
+        "churn_labels_sensor requests later days once theirs do)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path(".data"))
@@ -72,7 +118,7 @@ def main() -> None:
         .values()
     )
     churn = root / "object_store" / "churn"
-    shards = len(list((churn / "scored" / day).glob("*.parquet")))
+    shards = len(list((churn / "scored" / day).glob("*/shard_*.parquet")))  # <run_id>/
     print(
         f"  churn: scored {rows:,} rows of {day} in {shards} shards with churn@{version} "
         f"in {churn_wall:.1f}s ({positives:,} predicted churners)\n"
@@ -80,6 +126,8 @@ def main() -> None:
         f"    top K  {churn / 'top_k' / day}\n"
         f"    drift  {churn / 'drift' / (day + '.json')}"
     )
+    materialize(root, "key:churn/realized_performance", day)  # the day's outcomes have landed
+    print(beyond_scoring(root, day))
 
     train_wall = materialize(
         root, "group:demand_training",

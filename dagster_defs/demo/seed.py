@@ -1,6 +1,7 @@
 """Demo seed: deterministic synthetic tables in DuckDB, and a LightGBM churn model.
 
-churn: customer features and churn labels, plus its champion model (trained here).
+churn: customer features and churn labels, plus its champion model (trained here); the
+outcomes of the scoring days (`churn_outcomes`, until OUTCOMES_UNTIL) for realized performance.
 demand: store x item features and units sold (dagster_defs/demo/demand.py); its model is
 trained by the pipeline's own training job.
 
@@ -23,6 +24,7 @@ from batch_inference_assets.io.object_store import LocalObjectStore
 from batch_inference_assets.models.lightgbm_model import train_lightgbm
 from batch_inference_assets.models.store import ModelStore
 from dagster_defs.demo.demand import seed_demand
+from dagster_defs.deployments import DEMO_OUTPUT_SCHEMA
 
 FIRST_DAY = date(2026, 10, 1)
 DAYS = 31
@@ -30,6 +32,9 @@ CUSTOMERS = 20_000
 TRAIN_DAYS = 10  # labelled history: the first days train, the next ones are the holdout
 HOLDOUT_DAYS = 4
 SCHEMA = "raw"
+# churn_outcomes (the late labels of realized performance) end here: the last week has not landed.
+OUTCOMES_UNTIL = date(2026, 10, 24)
+CHALLENGER_ALIAS = "challenger"
 
 CATEGORIES = {
     "contract": ["month_to_month", "one_year", "two_year"],
@@ -128,6 +133,17 @@ def day_frame(day: date, people: dict[str, np.ndarray]) -> tuple[pa.Table, np.nd
     return pa.table(cols), churn
 
 
+def _outcomes(frame: pa.Table, churn: np.ndarray) -> pa.Table:
+    """Whether each customer of the day's snapshot churned, as it becomes known later."""
+    return pa.table(
+        {
+            "customer_id": frame.column("customer_id"),
+            "churned": pa.array(churn),
+            "snapshot_date": frame.column("snapshot_date"),
+        }
+    )
+
+
 @dataclass(frozen=True)
 class SeedResult:
     rows: int
@@ -155,8 +171,12 @@ def seed(
     holdout_parts: list[pa.Table] = []
     with warehouse.connect() as con:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        # New source data: what was published from the old is gone too (and a release that
+        # adds columns to the demo's tables finds none of the old shape).
+        con.execute(f"DROP SCHEMA IF EXISTS {DEMO_OUTPUT_SCHEMA} CASCADE")
         con.execute(f"DROP TABLE IF EXISTS {SCHEMA}.customer_features")
         con.execute(f"DROP TABLE IF EXISTS {SCHEMA}.churn_labels")
+        outcomes: list[pa.Table] = []
         for offset in range(days):
             day = FIRST_DAY + timedelta(days=offset)
             frame, churn = day_frame(day, people)
@@ -166,6 +186,8 @@ def seed(
             else:
                 con.execute(f"INSERT INTO {SCHEMA}.customer_features SELECT * FROM day_frame")
             con.unregister("day_frame")
+            if day <= OUTCOMES_UNTIL:  # the same draws as the training labels
+                outcomes.append(_outcomes(frame, churn))
             if offset < train_days + holdout_days:
                 labelled = frame.append_column("churned", pa.array(churn))
                 (train_parts if offset < train_days else holdout_parts).append(labelled)
@@ -174,6 +196,8 @@ def seed(
         )
         con.register("labels", labels)
         con.execute(f"CREATE TABLE {SCHEMA}.churn_labels AS SELECT * FROM labels")
+        con.register("outcomes", pa.concat_tables(outcomes))
+        con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.churn_outcomes AS SELECT * FROM outcomes")
         demand_rows = seed_demand(con, SCHEMA, FIRST_DAY, days, train_days + holdout_days)
     trained = train_lightgbm(
         "lightgbm_binary",
@@ -184,17 +208,25 @@ def seed(
         num_boost_round=120,
     )
     store = ModelStore(store=LocalObjectStore(root=str(root / "models")))
-    version = store.save(
-        "churn",
-        trained,
-        extra={  # the same shape as a candidate's (training.py): end exclusive
-            "training_window": {
-                "start": FIRST_DAY.isoformat(),
-                "holdout_start": (FIRST_DAY + timedelta(days=train_days)).isoformat(),
-                "end": (FIRST_DAY + timedelta(days=train_days + holdout_days)).isoformat(),
-            }
-        },
+    window = {  # the same shape as a candidate's (training.py): end exclusive
+        "training_window": {
+            "start": FIRST_DAY.isoformat(),
+            "holdout_start": (FIRST_DAY + timedelta(days=train_days)).isoformat(),
+            "end": (FIRST_DAY + timedelta(days=train_days + holdout_days)).isoformat(),
+        }
+    }
+    version = store.save("churn", trained, extra=window)
+    # The challenger the demo scores in the champion's shadow: smaller trees, same data.
+    challenger = train_lightgbm(
+        "lightgbm_binary",
+        pa.concat_tables(train_parts),
+        pa.concat_tables(holdout_parts),
+        FEATURES,
+        label="churned",
+        num_boost_round=60,
+        params={"num_leaves": 15},
     )
+    store.save("churn", challenger, aliases=(CHALLENGER_ALIAS,), extra=window)
     return SeedResult(
         rows=customers * days + demand_rows,
         days=days,

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / ".artifacts" / "browser"
 DAYS = ("2026-10-14", "2026-10-15")
+# The churn group: model .. top_k, and the challenger's shadow_predictions and comparison.
+CHURN_ASSETS = 10
 UI_TIMEOUT = 90_000  # ms: the first render of a page waits on the code location's queries
 BACKFILL_TIMEOUT = 600  # s: two churn days on a slow shared machine
 CHECK = publish.SCORES_IN_UNIT_INTERVAL  # a check on churn/predictions
@@ -152,7 +154,7 @@ def operate(page: Page, url: str, log: Path) -> None:
     launch = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
     visible(launch)
     expect(confirm).to_have_count(0)
-    visible(launch.get_by_text("Launch runs to materialize 8 assets"))
+    visible(launch.get_by_text(f"Launch runs to materialize {CHURN_ASSETS} assets"))
     partitions = launch.get_by_placeholder("No matching partitions")
     partitions.fill(f"[{DAYS[0]}...{DAYS[1]}]")
     partitions.press("Enter")
@@ -181,7 +183,9 @@ def operate(page: Page, url: str, log: Path) -> None:
     status = page.get_by_text("Status", exact=True).locator("xpath=..")
     visible(status.get_by_text("Succeeded", exact=True))
     # One progress bar per churn asset, each at 100%.
-    expect(page.get_by_text("100% completed", exact=True)).to_have_count(8, timeout=UI_TIMEOUT)
+    expect(page.get_by_text("100% completed", exact=True)).to_have_count(
+        CHURN_ASSETS, timeout=UI_TIMEOUT
+    )
     shot(page, "06_backfill_succeeded")
     page.get_by_role("tab", name="Runs").click()
     for day in DAYS:

@@ -30,9 +30,12 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
     daily = ["drift_stats", "exports", "model", "predictions", "scored_shards",
              "shard_manifest", "source_features", "top_k"]  # fmt: skip
+    # The demo's churn also scores a challenger and measures late labels.
+    churn_only = ["challenger_comparison", "realized_performance", "shadow_predictions"]
     training = ["candidate_model", "champion_model"]
     assert _demo([k.to_user_string() for k in graph.get_all_asset_keys()]) == sorted(
         [f"{p}/{s}" for p in ("churn", "demand") for s in daily]
+        + [f"churn/{s}" for s in churn_only]
         + [f"{p}_training/{s}" for p in ("churn", "demand") for s in training]
     )
     checks = sorted(
@@ -41,6 +44,7 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
         if k.asset_key.path[0] == "churn"
     )
     assert checks == [
+        ("churn/challenger_comparison", "challenger_scored_the_same_rows", False),
         ("churn/drift_stats", "feature_drift_below_threshold", False),
         ("churn/drift_stats", "score_drift_below_threshold", False),
         ("churn/predictions", "ids_are_unique", True),
@@ -50,6 +54,12 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
         ("churn/predictions", "scores_are_from_this_run", True),
         ("churn/predictions", "scores_are_not_null", True),
         ("churn/predictions", "scores_in_unit_interval", True),
+        ("churn/realized_performance", "realized_performance_within_thresholds", False),
+        ("churn/shadow_predictions", "ids_are_unique", True),
+        ("churn/shadow_predictions", "row_count_matches_source", True),
+        ("churn/shadow_predictions", "scores_are_from_this_run", True),
+        ("churn/shadow_predictions", "scores_are_not_null", True),
+        ("churn/shadow_predictions", "scores_in_unit_interval", True),
         ("churn/source_features", "categories_are_known", False),
         ("churn/source_features", "feature_values_are_finite", True),
         ("churn/source_features", "features_are_populated", True),
@@ -90,6 +100,7 @@ def test_asset_keys_checks_and_jobs(defs: dg.Definitions) -> None:
     assert _demo([s.name for s in defs.sensors or []]) == [
         "asset_check_failure_alerts",
         "canceled_run_cleanup",
+        "churn_labels_sensor",
         "churn_landing_sensor",
         "partition_summaries",
         "pipeline_pools",
@@ -109,7 +120,7 @@ def test_lineage_flows_one_way(defs: dg.Definitions) -> None:
     assert parents("shard_manifest") == {"source_features"}
     assert parents("scored_shards") == {"shard_manifest", "model"}
     assert parents("predictions") == {"scored_shards"}
-    assert parents("drift_stats") == {"predictions", "scored_shards", "model"}
+    assert parents("drift_stats") == {"predictions", "scored_shards", "model", "source_features"}
     for stage in ("model", "source_features", "predictions"):
         assert graph.get(dg.AssetKey(["churn", stage])).group_name == "churn"
     partitions = graph.get(dg.AssetKey(["churn", "predictions"])).partitions_def

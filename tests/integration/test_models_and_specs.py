@@ -141,7 +141,10 @@ def day_features(resources: dict[str, Any], day: str) -> pa.Table:
 
 def kind_spec(churn_spec: PipelineSpec, model: dict[str, Any], table_name: str,
               extra_columns: list[dict[str, Any]], **rest: Any) -> PipelineSpec:  # fmt: skip
-    raw = churn_spec.model_dump(mode="json", exclude={"training", "exports"})
+    # Without the demo's sections that are about a binary champion (challenger, reasons, labels).
+    raw = churn_spec.model_dump(
+        mode="json", exclude={"training", "exports", "explain", "challengers", "labels"}
+    )
     raw["name"] = table_name.removesuffix("_predictions")
     raw["model"] = {**raw["model"], **model}
     raw["output"]["table"] = table_name
@@ -335,8 +338,11 @@ def test_the_demand_pipeline_runs_from_its_yaml_alone(resources: dict[str, Any])
 def test_incremental_scores_only_new_ids_and_reruns_are_idempotent(
     churn_spec: PipelineSpec, resources: dict[str, Any], materialize: Any
 ) -> None:
-    spec = churn_spec.model_copy(
-        update={"output": churn_spec.output.model_copy(update={"mode": "incremental"})}
+    spec = churn_spec.model_copy(  # challengers need every row each day: not incremental
+        update={
+            "output": churn_spec.output.model_copy(update={"mode": "incremental"}),
+            "challengers": [],
+        }
     )
     warehouse = resources["warehouse"]
     late = f"{DEMO_FEATURE_SCHEMA}.late_rows"

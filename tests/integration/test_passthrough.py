@@ -9,11 +9,14 @@ from tests.conftest import DAY, Materialize, check_results, failure_message, rea
 
 
 def with_passthrough(spec: PipelineSpec, columns: dict[str, str]) -> PipelineSpec:
+    """The spec copying `columns` (name: type) instead of the demo's passthrough."""
     declared = [OutputColumn(name=n, type=t) for n, t in columns.items()]  # type: ignore[arg-type]
+    kept = [c for c in spec.output.columns if c.name not in spec.output.passthrough]
     output = spec.output.model_copy(
-        update={"passthrough": list(columns), "columns": [*spec.output.columns, *declared]}
+        update={"passthrough": list(columns), "columns": [*kept, *declared]}
     )
-    return spec.model_copy(update={"output": output})
+    drift = spec.drift.model_copy(update={"segment_by": []})
+    return spec.model_copy(update={"output": output, "drift": drift})
 
 
 def test_passthrough_columns_are_published_beside_the_scores(

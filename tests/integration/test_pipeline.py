@@ -35,7 +35,11 @@ def test_one_partition_end_to_end(
     assert set(table.column("run_id").to_pylist()) == {result.run_id}
     assert str(table.column("partition_date")[0].as_py()) == DAY
     assert all(check_results(result).values()), check_results(result)
-    every = {*checks.SOURCE_CHECKS, *checks.prediction_checks(churn_spec), *checks.DRIFT_CHECKS}
+    every = {
+        *checks.SOURCE_CHECKS, *checks.prediction_checks(churn_spec), *checks.DRIFT_CHECKS,
+        # the demo's challenger and late labels
+        checks.CHALLENGER_SCORED_THE_SAME_ROWS, checks.REALIZED_PERFORMANCE_WITHIN_THRESHOLDS,
+    }  # fmt: skip
     assert {name for _, name in check_results(result)} == every
     # A user's asset downstream of the predictions receives exactly the published rows.
     read = read_downstream(churn_spec, resources, DAY).sort_values("customer_id")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pytest
 import s3fs
@@ -81,8 +82,12 @@ def test_graph_on_duckdb_with_s3_object_and_model_store(
     assert result.success, failure_message(result)
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key=S3_KEY, secret=S3_SECRET)
     assert fs.ls(f"{s3_bucket}/bi/churn/features/{DAY}")  # the export went to S3
-    scored = fs.ls(f"{s3_bucket}/bi/churn/scored/{DAY}/{result.run_id}")
+    scored = fs.glob(f"{s3_bucket}/bi/churn/scored/{DAY}/{result.run_id}/shard_*.parquet")
     assert len(scored) == len(result.output_for_node("churn__shard_manifest").shards) >= 2
+    # the challenger's beside them, one per shard
+    assert len(fs.glob(f"{s3_bucket}/bi/churn/scored/{DAY}/{result.run_id}/challengers/*/*")) == (
+        len(scored)
+    )
     assert fs.exists(f"{s3_bucket}/bi/records/churn/scored_shards/{DAY}.json")
     # The published table is the predictions' only copy: their IO manager stores nothing.
     assert not fs.exists(f"{s3_bucket}/bi/records/churn/predictions/{DAY}.json")
@@ -102,6 +107,10 @@ def snowflake(snowflake_server: dict[str, Any], root: Path) -> SnowflakeWarehous
     load_into_snowflake(
         kwargs, database, "FEATURES_DEV.CUSTOMER_FEATURES",
         seeded_features(root / "warehouse.duckdb", [*OTHER_DAYS, DAY]),
+    )  # fmt: skip
+    load_into_snowflake(  # the late labels churn's realized_performance reads
+        kwargs, database, "FEATURES_DEV.CHURN_OUTCOMES",
+        seeded_features(root / "warehouse.duckdb", [*OTHER_DAYS, DAY], "churn_outcomes"),
     )  # fmt: skip
     warehouse = SnowflakeWarehouse(
         account=kwargs["account"], user=kwargs["user"], password=kwargs["password"],
@@ -436,8 +445,11 @@ def test_unreachable_warehouse_publishes_nothing(
 def test_incremental_mode_on_snowflake_appends_only_new_ids(
     churn_spec: PipelineSpec, snowflake: SnowflakeWarehouse, production: dict[str, Any]
 ) -> None:
-    spec = churn_spec.model_copy(
-        update={"output": churn_spec.output.model_copy(update={"mode": "incremental"})}
+    spec = churn_spec.model_copy(  # challengers need every row each day: not incremental
+        update={
+            "output": churn_spec.output.model_copy(update={"mode": "incremental"}),
+            "challengers": [],
+        }
     )
     late = "customer_id % 8 = 0 AND snapshot_date = ?"
     with snowflake.connect() as con:  # 1,000 of the day's customers land late
@@ -491,3 +503,28 @@ def test_a_hung_s3_fails_in_bounded_time_naming_the_bucket() -> None:
         assert not call.is_alive(), "still waiting on a server that never answers"
     assert len(outcome) == 1 and isinstance(outcome[0], ObjectStoreError)
     assert "bi-silent" in str(outcome[0]) and "timeout" in str(outcome[0]).lower()
+
+
+def test_challengers_on_snowflake(
+    churn_spec: PipelineSpec, snowflake: SnowflakeWarehouse, production: dict[str, Any]
+) -> None:
+    from tests.integration.test_challengers import (
+        COMPARISON,
+        average_ranks,
+        metadata,
+        with_challenger,
+    )
+
+    result = _run(with_challenger(churn_spec), production)
+    assert result.success, failure_message(result)
+    champion = _predictions(snowflake, DAY)
+    shadow = snowflake.query(
+        "SELECT * FROM PREDICTIONS_DEV.CHURN_PREDICTIONS_SHADOW WHERE partition_date = ? "
+        "ORDER BY customer_id",
+        [DAY],
+    )
+    assert shadow.column("customer_id").to_pylist() == champion.column("customer_id").to_pylist()
+    a = np.array(champion.column("score").to_pylist())
+    b = np.array(shadow.column("score").to_pylist())
+    spearman = np.corrcoef(average_ranks(a), average_ranks(b))[0, 1]
+    assert abs(metadata(result, COMPARISON)["challenger/spearman"] - spearman) < 1e-6

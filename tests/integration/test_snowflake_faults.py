@@ -358,6 +358,10 @@ def test_the_step_names_pipeline_partition_and_the_failed_rollback(
         kwargs, database, "FEATURES_DEV.CUSTOMER_FEATURES",
         seeded_features(root / "warehouse.duckdb", [*OTHER_DAYS, PIPELINE_DAY]),
     )  # fmt: skip
+    load_into_snowflake(  # the late labels churn's realized_performance reads
+        kwargs, database, "FEATURES_DEV.CHURN_OUTCOMES",
+        seeded_features(root / "warehouse.duckdb", [*OTHER_DAYS, PIPELINE_DAY], "churn_outcomes"),
+    )  # fmt: skip
     warehouse = _through(
         proxy, snowflake_server, database, socket_timeout_seconds=5, publish_timeout_seconds=6
     )

@@ -124,8 +124,8 @@ KAFKA = {"bootstrap_servers": "127.0.0.1:9092", "topic": "churn", "key": "custom
     ("patch", "message"),
     [
         (
-            {"output": {"passthrough": ["region"]}},
-            "output.passthrough.0: Value error, 'region' is not declared in output.columns",
+            {"output": {"passthrough": ["tenure"]}},
+            "output.passthrough.0: Value error, 'tenure' is not declared in output.columns",
         ),
         ({"output": {"passthrough": ["score"]}}, "'score' is already in every row"),
         ({"sinks": [{"redis": {**REDIS, "fields": ["nope"]}}]}, "['nope'] are not output columns"),
@@ -150,10 +150,10 @@ def test_passthrough_and_sinks_are_checked_at_load(
 
 
 def test_declared_passthrough_columns_and_sinks_load(tmp_path: Path, raw_churn: dict) -> None:
-    raw_churn["output"]["columns"].append({"name": "region", "type": "string"})
-    raw_churn["output"]["passthrough"] = ["region"]
-    raw_churn["sinks"] = [{"redis": {**REDIS, "fields": ["score", "region"]}}, {"kafka": KAFKA}]
+    raw_churn["output"]["columns"].append({"name": "tenure", "type": "float64"})
+    raw_churn["output"]["passthrough"] = ["region", "tenure"]
+    raw_churn["sinks"] = [{"redis": {**REDIS, "fields": ["score", "tenure"]}}, {"kafka": KAFKA}]
     spec = load_spec(_write(tmp_path, raw_churn))
-    assert "region" in spec.output_contract.names
-    assert "region" not in spec.model_output_columns
+    assert "tenure" in spec.output_contract.names
+    assert "tenure" not in spec.model_output_columns
     assert [s.kind for s in spec.sinks] == ["redis", "kafka"]
