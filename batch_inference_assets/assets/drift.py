@@ -66,6 +66,11 @@ def drift_stats_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         warn, error = spec.checks.psi_warn, spec.checks.psi_error
         metadata: dict[str, Any] = {
             "summary": dg.MetadataValue.md(drift.summary_markdown(report, warn, error)),
+            **(
+                {"segments": dg.MetadataValue.md(segment_table)}
+                if (segment_table := drift.segments_markdown(report))
+                else {}
+            ),
             **drift.metric_metadata(report),
             "previous_partition": previous_key or "none",
             "profile": str(drift.profile_path(object_store, spec.name, context.partition_key)),

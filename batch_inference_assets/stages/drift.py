@@ -252,6 +252,9 @@ def pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.1%}"
 
 
+SUMMARY_CHARS = 990
+
+
 def summary_markdown(
     report: DriftReport, warn: float, error: float, worst: int = 5, worst_segments: int = 5
 ) -> str:
@@ -289,14 +292,25 @@ def summary_markdown(
         )
     if len(features) > worst:
         lines.append(f"\n{len(features) - worst} more features: see `psi/<feature>`.")
-    lines.append(
+    if report.segments:
+        lines += ["", segment_markdown(report, worst_segments)[0]]
+    legend = (
         "\nJS: Jensen-Shannon distance (base 2) and KS: Kolmogorov-Smirnov statistic, vs "
         "training; KS on the training quantile buckets (a lower bound of the exact one). "
         "Missing: null or NaN; unseen: categories the model was not trained on."
     )
-    if report.segments:
-        lines += ["", *segment_markdown(report, worst_segments)]
-    return "\n".join(lines)
+    # The UI shows Markdown under 1,000 characters on the page, longer behind a link: the
+    # lead stays on the page (the legend and feature rows go first when it would not fit).
+    while len("\n".join(lines)) > SUMMARY_CHARS and len(rows) > 1:
+        rows.pop()
+        del lines[4 + len(rows)]
+    text = "\n".join(lines)
+    return text + legend if len(text + legend) <= SUMMARY_CHARS else text
+
+
+def segments_markdown(report: DriftReport, worst: int = 5) -> str | None:
+    """The segments that moved most (`segments` in the metadata), None without segments."""
+    return "\n".join(segment_markdown(report, worst)) if report.segments else None
 
 
 def _cell(text: str) -> str:
