@@ -64,17 +64,13 @@ def drift_stats_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
             object_store, spec.name, day(context), spec.start_date, model, profile
         )
         warn, error = spec.checks.psi_warn, spec.checks.psi_error
+        # What a person reads first, then the hundreds of numbers the UI plots.
         metadata: dict[str, Any] = {
             "summary": dg.MetadataValue.md(drift.summary_markdown(report, warn, error)),
-            **(
-                {"segments": dg.MetadataValue.md(segment_table)}
-                if (segment_table := drift.segments_markdown(report))
-                else {}
-            ),
-            **drift.metric_metadata(report),
             "previous_partition": previous_key or "none",
-            "profile": str(drift.profile_path(object_store, spec.name, context.partition_key)),
         }
+        if (segment_table := drift.segments_markdown(report)) is not None:
+            metadata["segments"] = dg.MetadataValue.md(segment_table)
         if (worst := drift.worst_segment(report)) is not None:
             metadata["worst_segment"] = worst
         if spec.drift.report:
@@ -83,6 +79,9 @@ def drift_stats_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
             )
             path = drift_report.write_report(object_store, spec.name, context.partition_key, page)
             metadata["report"] = dg.MetadataValue.path(str(path))
+        profile_file = drift.profile_path(object_store, spec.name, context.partition_key)
+        metadata["profile"] = str(profile_file)
+        metadata.update(drift.metric_metadata(report))
         yield dg.MaterializeResult(metadata=metadata)
         yield from checks.evaluate_drift(spec, report.psi_reference)
 
