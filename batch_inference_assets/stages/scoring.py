@@ -32,7 +32,6 @@ from batch_inference_assets.records import (
 from batch_inference_assets.spec import PARTITION_COLUMN, SCORE_COLUMN, ExplainSpec, Sharding
 from batch_inference_assets.stages import stats
 
-FEATURE_SAMPLE_ROWS_PER_BATCH = 8_192
 DEFAULT_BATCH_BYTES: int = Sharding.model_fields["batch_bytes"].default
 # Rows read once to learn how much bigger in memory than in the file a shard's rows are.
 PROBE_ROWS = 1_024
@@ -228,64 +227,45 @@ def fill_deferred_reasons(
         rewritten.unlink(missing_ok=True)
 
 
-class _ShardAccumulator:
-    def __init__(self, model: ModelHandle) -> None:
-        self.model = model
-        keys = [f.name for f in model.features] + [stats.SCORE_KEY]
-        self.counts = {k: np.zeros(len(model.reference[k].counts), dtype=np.int64) for k in keys}
-        self.rows = 0
-        self.positives = 0
-        self.confidence_sum = 0.0
-        self.score_sum = 0.0
+class _ScoreTally:
+    """What a shard's scores add up to, batch by batch: their histogram over fixed edges (the
+    champion's reference score edges, so champion and challengers compare bucket by bucket),
+    rows, positives, confidence and sum. Feature distributions are drift_stats' own scan of
+    the export, not counted here."""
 
-    def add(self, x: np.ndarray, scores: np.ndarray) -> None:
-        # Feature histograms from a systematic sample (PSI needs distributions, not every row);
-        # the score histogram, positives and confidence stay exact.
-        sample = x[:: max(1, len(x) // FEATURE_SAMPLE_ROWS_PER_BATCH)]
-        for j, f in enumerate(self.model.features):
-            self.counts[f.name] += stats.bucket_counts(
-                np.ascontiguousarray(sample[:, j]), self.model.reference[f.name].edges
-            )
-        self.counts[stats.SCORE_KEY] += stats.bucket_counts(
-            scores, self.model.reference[stats.SCORE_KEY].edges
-        )
+    def __init__(self, model: ModelHandle, edges: list[float]) -> None:
+        self.kind, self.threshold, self.edges = model.kind, model.label_threshold, edges
+        self.counts = np.zeros(len(edges) + 2, dtype=np.int64)
+        self.rows = self.positives = 0
+        self.confidence_sum = self.score_sum = 0.0
+
+    def add(self, scores: np.ndarray) -> None:
+        self.counts += stats.bucket_counts(scores, self.edges)
         self.rows += len(scores)
         self.score_sum += float(np.nansum(scores))
-        if self.model.kind == "lightgbm_binary":
-            self.positives += int((scores >= self.model.label_threshold).sum())
+        if self.kind == "lightgbm_binary":
+            self.positives += int((scores >= self.threshold).sum())
             self.confidence_sum += float(np.maximum(scores, 1.0 - scores).sum())
-        elif self.model.kind == "lightgbm_multiclass":  # the score is the argmax probability
+        elif self.kind == "lightgbm_multiclass":  # the score is the argmax probability
             self.confidence_sum += float(scores.sum())
 
-    def histograms(self) -> dict[str, Histogram]:
-        return {
-            k: Histogram(edges=self.model.reference[k].edges, counts=c.tolist())
-            for k, c in self.counts.items()
-        }
+    def histogram(self) -> Histogram:
+        return Histogram(edges=self.edges, counts=self.counts.tolist())
 
 
 class _Shadow:
-    """One challenger scoring the champion's batches: its own file, its score histogram over
-    the champion's reference score edges (so the two distributions compare bucket by bucket)."""
+    """One challenger scoring the champion's batches into its own file."""
 
     def __init__(
         self, model: ModelHandle, scorer: Scorer, edges: list[float], target: UPath, run: ScoringRun
     ) -> None:
         self.model, self.scorer, self.target, self.run = model, scorer, target, run
         self.tmp = temp_file_for(target)
-        self.edges = edges
-        self.counts = np.zeros(len(edges) + 2, dtype=np.int64)
-        self.rows = self.positives = 0
-        self.score_sum = 0.0
+        self.tally = _ScoreTally(model, edges)
 
     def add(self, batch: pa.RecordBatch, writer: pq.ParquetWriter) -> None:
-        x = feature_matrix(batch, self.model.features)
-        scored = self.scorer.score(batch, x)
-        self.counts += stats.bucket_counts(scored.score, self.edges)
-        self.rows += len(scored.score)
-        self.score_sum += float(np.nansum(scored.score))
-        if self.model.kind == "lightgbm_binary":
-            self.positives += int((scored.score >= self.model.label_threshold).sum())
+        scored = self.scorer.score(batch, feature_matrix(batch, self.model.features))
+        self.tally.add(scored.score)
         writer.write_batch(output_batch(batch, scored, self.model, self.run))
 
     def result(self) -> ChallengerScore:
@@ -293,10 +273,10 @@ class _Shadow:
             version=self.model.version,
             ref=self.model.ref,
             path=str(self.target),
-            rows=self.rows,
-            score_histogram=Histogram(edges=self.edges, counts=self.counts.tolist()),
-            positives=self.positives,
-            score_sum=self.score_sum,
+            rows=self.tally.rows,
+            score_histogram=self.tally.histogram(),
+            positives=self.tally.positives,
+            score_sum=self.tally.score_sum,
         )
 
 
@@ -324,12 +304,12 @@ def score_shard(
     target = scored_path(object_store, run.pipeline, run.partition.isoformat(), run.run_id, shard)
     features = [f.name for m in (model, *(c for c, _ in challengers)) for f in m.features]
     columns = list(dict.fromkeys([*run.copied_columns, *features]))
-    acc = _ShardAccumulator(model)
+    edges = model.reference[stats.SCORE_KEY].edges
+    acc = _ScoreTally(model, edges)
     names = [f.name for f in model.features]
     explainer = (
         ShardReasons(run.explain, scorer.predictor, names, run.id_columns) if run.explain else None
     )
-    edges = model.reference[stats.SCORE_KEY].edges
     shadows = [
         _Shadow(c, s, edges, challenger_path(object_store, run, c.version, shard), run)
         for c, s in challengers
@@ -349,7 +329,7 @@ def score_shard(
             for batch in batches:
                 x = feature_matrix(batch, model.features)
                 scored = scorer.score(batch, x)
-                acc.add(x, scored.score)
+                acc.add(scored.score)
                 why = explainer.batch(batch, x, scored.score) if explainer else None
                 writer.write_batch(output_batch(batch, scored, model, run, why))
                 for shadow, shadow_writer in zip(shadows, shadow_writers, strict=True):
@@ -379,7 +359,7 @@ def score_shard(
         positives=acc.positives,
         confidence_sum=acc.confidence_sum,
         score_sum=acc.score_sum,
-        histograms=acc.histograms(),
+        histograms={stats.SCORE_KEY: acc.histogram()},
         challengers=[s.result() for s in shadows],
     )
 
