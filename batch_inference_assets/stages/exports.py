@@ -61,16 +61,11 @@ def export_partition(
     partition = day.isoformat()
     folder = f"{spec.name}/{stage}/{partition}"
     object_store.remove_tree(object_store.path(folder))
-    parquet = warehouse.export_query(
-        partition_query(spec, warehouse, stage, top_k=stage == "top_k"),
-        [day],
-        object_store,
-        f"{folder}/parquet",
-        max_file_bytes=MAX_EXPORT_FILE_BYTES,
-        row_group_rows=ROW_GROUP_ROWS,
-        tag=QueryTag(spec.name, partition, run_id, stage),
-    )
-    rows = sum(_rows(p) for p in parquet)
+    parquet = export_published(
+        spec, warehouse, object_store, day, run_id, stage, f"{folder}/parquet",
+        top_k=stage == "top_k",
+    )  # fmt: skip
+    rows = sum(parquet_rows(p) for p in parquet)
     files: dict[str, list[str]] = {}
     if "csv" in formats:
         files["csv"] = [str(parquet_to_csv(p, object_store.path(folder, "csv"))) for p in parquet]
@@ -81,7 +76,32 @@ def export_partition(
     return ExportedPredictions(pipeline=spec.name, partition=partition, files=files, rows=rows)
 
 
-def _rows(path: UPath) -> int:
+def export_published(
+    spec: PipelineSpec,
+    warehouse: Warehouse,
+    object_store: ObjectStore,
+    day: date,
+    run_id: str,
+    stage: str,
+    folder: str,
+    *,
+    top_k: bool = False,
+    columns: Sequence[str] = (),
+) -> list[UPath]:
+    """The published partition's rows (`columns`, default all; or its top K) as Parquet files
+    the warehouse writes into the store's (empty) `folder`."""
+    return warehouse.export_query(
+        partition_query(spec, warehouse, stage, top_k=top_k, columns=columns),
+        [day],
+        object_store,
+        folder,
+        max_file_bytes=MAX_EXPORT_FILE_BYTES,
+        row_group_rows=ROW_GROUP_ROWS,
+        tag=QueryTag(spec.name, day.isoformat(), run_id, stage),
+    )
+
+
+def parquet_rows(path: UPath) -> int:
     with path.open("rb") as fh:
         return int(pq.ParquetFile(fh).metadata.num_rows)
 

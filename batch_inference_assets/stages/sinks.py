@@ -14,10 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_inference_assets.io.object_store import ObjectStore
-from batch_inference_assets.io.warehouse import QueryTag, Warehouse
+from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.spec import PipelineSpec
-from batch_inference_assets.stages.exports import ROW_GROUP_ROWS, partition_query
-from batch_inference_assets.stages.features import MAX_EXPORT_FILE_BYTES
+from batch_inference_assets.stages.exports import export_published, parquet_rows
 
 
 @contextmanager
@@ -33,23 +32,15 @@ def published_batches(
     batch_rows: int,
 ) -> Iterator[tuple[int, Iterator[pa.RecordBatch]]]:
     """(rows, batches) of the published partition's `columns`, in id order."""
-    partition = day.isoformat()
-    folder = object_store.path(spec.name, stage, partition, run_id)
+    where = f"{spec.name}/{stage}/{day.isoformat()}/{run_id}"
+    folder = object_store.path(where)
     object_store.remove_tree(folder)  # what an earlier attempt of this run left
     try:
-        files = warehouse.export_query(
-            partition_query(spec, warehouse, stage, columns=list(dict.fromkeys(columns))),
-            [day],
-            object_store,
-            f"{spec.name}/{stage}/{partition}/{run_id}",
-            max_file_bytes=MAX_EXPORT_FILE_BYTES,
-            row_group_rows=ROW_GROUP_ROWS,
-            tag=QueryTag(spec.name, partition, run_id, stage),
-        )
-        rows = 0
-        for path in files:
-            with path.open("rb") as fh:
-                rows += pq.ParquetFile(fh).metadata.num_rows
+        files = export_published(
+            spec, warehouse, object_store, day, run_id, stage, where,
+            columns=list(dict.fromkeys(columns)),
+        )  # fmt: skip
+        rows = sum(parquet_rows(p) for p in files)
         yield rows, _batches(files, batch_rows)
     finally:
         object_store.remove_run_folder(folder)
