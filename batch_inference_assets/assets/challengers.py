@@ -56,17 +56,12 @@ def _shadow_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
                 "the scored shards carry no challenger scores (scored before the challengers "
                 "were added?): run the day's scoring again",
             )  # fmt: skip
-        try:
-            staged, results = publish.publish_shadow(
+        staged, results = yield from checks.gated(
+            spec, context, "shadow_predictions",
+            lambda: publish.publish_shadow(
                 spec, warehouse, object_store, scored, day(context), context.run_id
-            )
-        except publish.PublicationRejected as rejected:
-            yield from checks.gate_results(rejected.gates)
-            raise fail(
-                spec, context, "shadow_predictions", f"nothing published: {rejected}"
-            ) from rejected
-        except WarehouseError as err:
-            raise fail(spec, context, "shadow_predictions", f"nothing published: {err}") from err
+            ),
+        )  # fmt: skip
         yield dg.Output(
             PublishedPartition(
                 pipeline=spec.name,

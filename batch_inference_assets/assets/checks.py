@@ -2,19 +2,23 @@
 descriptions the UI shows; their specs per asset, and their evaluation into results."""
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import pyarrow as pa
 
+from batch_inference_assets.assets.common import fail
 from batch_inference_assets.contracts import Contract
+from batch_inference_assets.io.warehouse import WarehouseError
 from batch_inference_assets.records import FeatureExport, ModelHandle, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
 from batch_inference_assets.stages import publish, stats
 from batch_inference_assets.stages.features import FeatureProfile
 from batch_inference_assets.stages.publish import GateResult
+
+Published = TypeVar("Published")
 
 # source_features
 PARTITION_IS_NOT_EMPTY = "partition_is_not_empty"
@@ -290,6 +294,21 @@ def gate_results(gates: list[GateResult]) -> list[dg.AssetCheckResult]:
         dg.AssetCheckResult(check_name=g.check_name, passed=g.passed, description=g.description)
         for g in gates
     ]
+
+
+def gated(
+    spec: PipelineSpec, context: Any, stage: str, publication: Callable[[], Published]
+) -> Generator[dg.AssetCheckResult, None, Published]:
+    """Run a gated publication: its result, or (when a gate or the warehouse refuses it) the
+    failed gates as check results and a failure saying that nothing was published.
+    `staged, gates = yield from checks.gated(...)`."""
+    try:
+        return publication()
+    except publish.PublicationRejected as rejected:
+        yield from gate_results(rejected.gates)
+        raise fail(spec, context, stage, f"nothing published: {rejected}") from rejected
+    except WarehouseError as err:
+        raise fail(spec, context, stage, f"nothing published: {err}") from err
 
 
 def evaluate_prediction_bounds(

@@ -12,13 +12,12 @@ from batch_inference_assets.assets.common import (
     PREDICTIONS_IO_MANAGER,
     daily,
     day,
-    fail,
     key,
     partitions,
     stop_if_another_run_has_the_day,
 )
 from batch_inference_assets.io.object_store import ObjectStore
-from batch_inference_assets.io.warehouse import Warehouse, WarehouseError
+from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.records import PublishedPartition, ScoredShards
 from batch_inference_assets.spec import PipelineSpec
 from batch_inference_assets.stages import publish
@@ -49,15 +48,12 @@ def predictions_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     ) -> Iterator[Any]:
         started = time.perf_counter()
         stop_if_another_run_has_the_day(spec, context, "predictions")
-        try:
-            staged, gates = publish.publish_partition(
+        staged, gates = yield from checks.gated(
+            spec, context, "predictions",
+            lambda: publish.publish_partition(
                 spec, warehouse, object_store, scored, day(context), context.run_id
-            )  # fmt: skip
-        except publish.PublicationRejected as rejected:
-            yield from checks.gate_results(rejected.gates)
-            raise fail(spec, context, "predictions", f"nothing published: {rejected}") from rejected
-        except WarehouseError as err:
-            raise fail(spec, context, "predictions", f"nothing published: {err}") from err
+            ),
+        )  # fmt: skip
         cost = publish.cost_metadata(
             scored, time.perf_counter() - started, cost_model.estimate, cost_model.currency
         )
