@@ -9,14 +9,12 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import pyarrow as pa
-import snowflake.connector
 from pydantic import Field, model_validator
-from snowflake.connector import SnowflakeConnection
-from snowflake.connector.cursor import SnowflakeCursor
 from upath import UPath
 
 from batch_inference_assets.contracts import ColumnType, validate_identifier
@@ -36,6 +34,8 @@ from batch_inference_assets.sql import SqlTemplateError, statement_count
 
 if TYPE_CHECKING:
     from dagster_snowflake import SnowflakeResource
+    from snowflake.connector import SnowflakeConnection
+    from snowflake.connector.cursor import SnowflakeCursor
 
 _DECLARED: dict[str, ColumnType] = {
     **dict.fromkeys(("FLOAT", "DOUBLE", "REAL"), "float64"),
@@ -145,11 +145,19 @@ def leftover_staging_tables(names: Sequence[str], table: str, day: date) -> list
     return sorted(n for n in names if pattern.fullmatch(n.upper()))
 
 
+def _connector() -> ModuleType:
+    """snowflake.connector, imported when first used: about 0.45 s that a deployment without
+    Snowflake never pays (the Snowflake deployment preloads it into every step process)."""
+    import snowflake.connector
+
+    return snowflake.connector
+
+
 def _answered(err: BaseException) -> bool:
     """Snowflake answered (a SQL error, a statement it cancelled): the session still works.
     Anything else (timeouts, refused or dropped connections, HTTP errors the connector retried
     until its timeout) may mean it has gone away."""
-    return isinstance(err, snowflake.connector.errors.ProgrammingError)
+    return isinstance(err, _connector().errors.ProgrammingError)
 
 
 class SnowflakeWarehouse(Warehouse):
@@ -297,20 +305,20 @@ class SnowflakeWarehouse(Warehouse):
     @contextlib.contextmanager
     def connect(
         self, tag: QueryTag | None = None, statement_timeout: int | None = None
-    ) -> Iterator[SnowflakeConnection]:
+    ) -> Iterator["SnowflakeConnection"]:
         where = f" at {self.protocol}://{self.host}:{self.port}" if self.host else ""
         resource = self.snowflake_resource(tag, statement_timeout)
         with contextlib.ExitStack() as session:
             try:
                 con = session.enter_context(resource.get_connection())
-            except (snowflake.connector.errors.Error, ValueError, OSError) as err:
+            except (_connector().errors.Error, ValueError, OSError) as err:
                 raise WarehouseError(
                     f"cannot connect to Snowflake account {self.account!r} as {self.user!r}"
                     f"{where}: {err}. Check warehouse.account, user, password or "
                     "private_key_path (or private_key, private_key_password, authenticator), role"
                     + (", host and port." if self.host else ".")
                 ) from err
-            assert isinstance(con, SnowflakeConnection)
+            assert isinstance(con, _connector().SnowflakeConnection)
             try:
                 yield con
             finally:
@@ -324,13 +332,13 @@ class SnowflakeWarehouse(Warehouse):
         return name if "." in name else f"{self.output_schema}.{name}"
 
     @staticmethod
-    def _use_warehouse(cur: SnowflakeCursor, name: str | None, timeout: int) -> None:
+    def _use_warehouse(cur: "SnowflakeCursor", name: str | None, timeout: int) -> None:
         if name:
             cur.execute(f"USE WAREHOUSE {validate_identifier(name, 'warehouse')}", timeout=timeout)
 
     def _timed_out(self, err: BaseException, setting: str) -> str:
         """What to add to `err`'s text when a timeout (`setting`) ended the statement."""
-        if not isinstance(err, snowflake.connector.errors.Error):
+        if not isinstance(err, _connector().errors.Error):
             return ""
         if not _answered(err):
             return (
@@ -370,12 +378,12 @@ class SnowflakeWarehouse(Warehouse):
                 for batch in cur.fetch_arrow_batches():
                     writer.write(normalize_batch(batch))
                 return writer.close()
-            except snowflake.connector.errors.Error as err:
+            except _connector().errors.Error as err:
                 raise WarehouseError(
                     f"feature query failed: {err}{self._timed_out(err, 'export_timeout_seconds')}"
                 ) from err
 
-    def _unload(self, cur: SnowflakeCursor, folder: str, max_file_bytes: int) -> None:
+    def _unload(self, cur: "SnowflakeCursor", folder: str, max_file_bytes: int) -> None:
         """Snowflake writes the files itself, through a stage whose URL is the store's root."""
         if not self.unload_stage:
             raise WarehouseError("export_via=unload needs warehouse.unload_stage")
@@ -390,7 +398,7 @@ class SnowflakeWarehouse(Warehouse):
         )
 
     def _existing_columns(
-        self, cur: SnowflakeCursor, table: str, timeout: int | None = None
+        self, cur: "SnowflakeCursor", table: str, timeout: int | None = None
     ) -> list[str] | None:
         cur.execute(
             "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS "
@@ -486,7 +494,7 @@ class SnowflakeWarehouse(Warehouse):
                     session, stage_table, request.files, object_store, request.tag
                 )
                 stats = self._staged_stats(session, request, stage_table)
-            except (snowflake.connector.errors.Error, OSError) as err:  # OSError: a lost file
+            except (_connector().errors.Error, OSError) as err:  # OSError: a lost file
                 raise WarehouseError(session.failed(err)) from err
             except BaseException:
                 session.clean_up()
@@ -531,13 +539,13 @@ class SnowflakeWarehouse(Warehouse):
                 cur.execute(f"SELECT * FROM {name} WHERE {part} = ?", [value])
                 # Through dagster-snowflake's connection; the connector's Arrow-backed fetch.
                 frame = cur.fetch_pandas_all()
-            except snowflake.connector.errors.Error as err:
+            except _connector().errors.Error as err:
                 raise WarehouseError(
                     f"reading {partition_column} = {value} from {name} failed: {err}"
                 ) from err
         return with_declared_types(frame, declared)
 
-    def _declared_columns(self, cur: SnowflakeCursor, table: str) -> list[DeclaredColumn]:
+    def _declared_columns(self, cur: "SnowflakeCursor", table: str) -> list[DeclaredColumn]:
         cur.execute(
             "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_SCALE, IS_NULLABLE "
             "FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? "
@@ -569,7 +577,7 @@ class _PublishSession:
     and once one of those goes unanswered the rest are skipped: against a Snowflake that has
     stopped answering, each would cost another timeout and fail anyway."""
 
-    def __init__(self, cur: SnowflakeCursor, warehouse: SnowflakeWarehouse, table: str) -> None:
+    def __init__(self, cur: "SnowflakeCursor", warehouse: SnowflakeWarehouse, table: str) -> None:
         self.cur, self.table = cur, table
         self._warehouse = warehouse
         self._lost: str | None = None
@@ -592,7 +600,7 @@ class _PublishSession:
             return f"not tried: {self._lost}"
         try:
             self.cur.execute(sql, timeout=self._warehouse.cleanup_timeout_seconds)
-        except snowflake.connector.errors.Error as err:
+        except _connector().errors.Error as err:
             if not _answered(err):
                 self._lost = f"the {sql.split()[0]} before it got no answer"
             return str(err)
@@ -677,7 +685,7 @@ class _SnowflakeStaged(StagedPublication):
             )
             statement = "COMMIT"
             session.execute("COMMIT")
-        except snowflake.connector.errors.Error as err:
+        except _connector().errors.Error as err:
             raise WarehouseError(session.failed_in_transaction(err, statement)) from err
         except BaseException:
             session.undo("ROLLBACK")
