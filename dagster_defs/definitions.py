@@ -20,7 +20,7 @@ from batch_inference_assets.assets.retention import build_canceled_run_sensor, b
 from batch_inference_assets.assets.runs import build_pool_sensor, build_run_identity_sensor
 from dagster_defs import defs as defs_folder
 from dagster_defs.deployments import deployment_resources
-from dagster_defs.executors import MULTIPROCESS, chosen_executor
+from dagster_defs.executors import MULTIPROCESS, PreloadedDefinitions, chosen_executor
 
 PROJECT_ROOT = Path(__file__).parent.parent
 PIPELINES_DIR = Path(defs_folder.__file__).parent / "pipelines"
@@ -129,12 +129,11 @@ def pipeline_definitions(tree: dg.ComponentTree) -> tuple[list[Pipeline], list[d
     return pipelines, built
 
 
-@dg.definitions
-def defs() -> dg.Definitions:
+def load_definitions() -> dg.Definitions:
     # Read when Dagster loads the code location, never at import.
     root = Path(dg.EnvVar("BATCH_INFERENCE_ROOT").get_value(".data") or ".data").resolve()
     resources = deployment_resources(root)
-    executor = chosen_executor()
+    executor = chosen_executor(preload="dagster_defs.step_definitions")
     elsewhere = dg.EnvVar("BATCH_INFERENCE_PIPELINES_DIR").get_value()
     if elsewhere:
         return build_definitions(resources, Path(elsewhere), executor)
@@ -148,3 +147,11 @@ def defs() -> dg.Definitions:
         dg.Definitions(component_tree=tree),
         shared_definitions(pipelines, resources, executor),
     )
+
+
+LOCATION = PreloadedDefinitions(load_definitions)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return LOCATION()

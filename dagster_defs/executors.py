@@ -9,7 +9,10 @@ The library never knows which one runs. dagster-dask is deliberately not offered
 dropped dynamic (shard) steps (see PITFALLS.md).
 """
 
+import contextlib
+import gc
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,45 @@ EXECUTORS = ("multiprocess", "celery", "k8s")
 DEPLOYMENT_PRELOAD = {"snowflake_s3": ["snowflake.connector"]}
 
 
-def multiprocess(deployment: str = "local") -> dg.ExecutorDefinition:
-    """Steps fork from a server that has already imported the code location and the instance's
-    storage (dagster_defs.step_preload), so a step starts in about 0.3 s instead of ~1 s."""
-    modules = ["dagster_defs.step_preload", *DEPLOYMENT_PRELOAD.get(deployment, [])]
+STEP_PRELOAD = "dagster_defs.step_preload"
+
+
+def multiprocess(deployment: str = "local", preload: str = STEP_PRELOAD) -> dg.ExecutorDefinition:
+    """Steps fork from a server that has already imported the instance's storage and the
+    library (dagster_defs.step_preload) and, with `preload` naming a module that builds them
+    (dagster_defs.step_definitions), the code location's definitions: a step starts in about
+    0.1 s instead of ~1 s."""
+    modules = [preload, *DEPLOYMENT_PRELOAD.get(deployment, [])]
     return dg.multiprocess_executor.configured(
         {"start_method": {"forkserver": {"preload_modules": modules}}}
     )
 
 
 MULTIPROCESS = multiprocess()
+
+
+class PreloadedDefinitions:
+    """A code location's definitions, built once by the server the step processes fork from
+    (for the environment it was started with) instead of in every step: Dagster 1.13 loads the
+    code location twice per step process. Only that server preloads; the code server and the
+    webserver load afresh each time, so a reload sees edited files."""
+
+    def __init__(self, load: Callable[[], dg.Definitions]) -> None:
+        self._load = load
+        self._built: dict[frozenset[tuple[str, str]], dg.Definitions] = {}
+
+    def preload(self) -> None:
+        # A location that fails to load fails in the step instead, with its own error.
+        with contextlib.suppress(Exception):
+            self._built = {frozenset(os.environ.items()): self._load()}
+        # What the server holds now is shared with every step it forks, as long as nothing
+        # writes to it: the garbage collector would, touching every object (see step_preload).
+        gc.freeze()
+
+    def __call__(self) -> dg.Definitions:
+        built = self._built.get(frozenset(os.environ.items()))
+        return built if built is not None else self._load()
+
 
 # Every worker imports the code location, so the first step of a run does not pay for it.
 CELERY_INCLUDE = ["dagster_defs.definitions"]
@@ -103,10 +135,10 @@ def k8s_config() -> dict[str, Any]:
     return config
 
 
-def chosen_executor() -> dg.ExecutorDefinition:
+def chosen_executor(preload: str = STEP_PRELOAD) -> dg.ExecutorDefinition:
     name = os.environ.get("BATCH_INFERENCE_EXECUTOR") or "multiprocess"
     if name == "multiprocess":
-        return multiprocess(os.environ.get("BATCH_INFERENCE_DEPLOYMENT") or "local")
+        return multiprocess(os.environ.get("BATCH_INFERENCE_DEPLOYMENT") or "local", preload)
     if name == "celery":
         from dagster_celery import celery_executor
 
