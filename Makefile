@@ -9,7 +9,7 @@ export BATCH_INFERENCE_ROOT ?= $(CURDIR)/.data
 BENCH_ROWS ?= 5000000
 BENCH_RUNS ?= 3
 
-.PHONY: venv instance demo seed ui check test lint typecheck unit bench clean system-deps
+.PHONY: venv instance demo seed ui check test lint typecheck unit bench bench-peers clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ unit: venv
 
 bench: venv
 	$(BIN)/python -m bench.run --rows $(BENCH_ROWS) --runs $(BENCH_RUNS) --compiled
+
+# Ray Data and Spark (local[2], needs a Java runtime) as peers in `make bench`'s table.
+bench-peers: venv
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench-peers]"
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .pytest_cache .ruff_cache
