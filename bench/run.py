@@ -232,6 +232,7 @@ def machine() -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--root", type=Path, default=Path(".bench"))
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the table is recorded")
     p.add_argument("--rows", type=int, default=5_000_000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--compiled", action="store_true", help="also run with the compiled predictor")
@@ -307,10 +308,10 @@ def main() -> None:
         lines += ["", f"Timeline of the last {STOCK} run:", "", *timeline(results[STOCK][-1])]
     table = "\n".join(lines)
     print("\n" + table)
-    RESULTS.mkdir(exist_ok=True)
+    a.results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H%M%S")
-    (RESULTS / f"{stamp}-rows{a.rows}.md").write_text(table + "\n")
-    (RESULTS / f"{stamp}-rows{a.rows}.json").write_text(json.dumps(results, indent=1))
+    (a.results / f"{stamp}-rows{a.rows}.md").write_text(table + "\n")
+    (a.results / f"{stamp}-rows{a.rows}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
