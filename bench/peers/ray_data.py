@@ -11,14 +11,12 @@ same reason the read uses Ray Data's V1 Parquet datasource: the default V2 one (
 ListFiles task that asks for one CPU, which `read_parquet` can't lower, and hangs the same way.
 """
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from pathlib import Path
 
 # Before ray is imported: no usage-stats report (there is no network to send it over).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -35,20 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.peers import arguments, feature_names
+
 BATCH_ROWS = 65_536
 ACTORS = 2
 # The object store only holds the blocks in flight (the executor streams); Ray's default is 30%
 # of the machine's memory.
 OBJECT_STORE_BYTES = 2 * 2**30
-
-
-def feature_names(model: Path) -> list[str]:
-    """The model's feature names from model.txt's header, without loading the booster."""
-    with model.open() as f:
-        for line in f:
-            if line.startswith("feature_names="):
-                return line.split("=", 1)[1].split()
-    raise ValueError(f"{model} has no feature_names line")
 
 
 class Scorer:
@@ -67,11 +58,7 @@ class Scorer:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--input", type=Path, required=True, help="a folder of *.parquet")
-    p.add_argument("--model", type=Path, required=True, help="a LightGBM model.txt")
-    p.add_argument("--output", type=Path, required=True, help="the folder to write")
-    a = p.parse_args()
+    a = arguments()
     # Absolute paths: the read and write tasks run in Ray's worker processes.
     files = sorted(str(f.resolve()) for f in a.input.glob("*.parquet"))
     if not files:

@@ -5,14 +5,12 @@ once per partition) and one predict thread. `seconds` runs from the session's st
 launch included) to its stop.
 """
 
-import argparse
 import json
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 try:
     from pyspark.sql import SparkSession
@@ -23,17 +21,10 @@ except ImportError:
 import pandas as pd
 import pyarrow.parquet as pq
 
+from bench.peers import arguments, feature_names
+
 BATCH_ROWS = 65_536
 SLOTS = 2
-
-
-def feature_names(model: Path) -> list[str]:
-    """The model's feature names from model.txt's header, without loading the booster."""
-    with model.open() as f:
-        for line in f:
-            if line.startswith("feature_names="):
-                return line.split("=", 1)[1].split()
-    raise ValueError(f"{model} has no feature_names line")
 
 
 def scorer(model: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -53,11 +44,7 @@ def scorer(model: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFra
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--input", type=Path, required=True, help="a folder of *.parquet")
-    p.add_argument("--model", type=Path, required=True, help="a LightGBM model.txt")
-    p.add_argument("--output", type=Path, required=True, help="the folder to write")
-    a = p.parse_args()
+    a = arguments()
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         print("java is not installed: Spark needs a Java 17+ runtime", file=sys.stderr)
         sys.exit(3)
