@@ -426,13 +426,15 @@ class SnowflakeWarehouse(Warehouse):
             return
         stage = self._qualified(self.publish_stage, "publish_stage")
         session.execute(f"CREATE STAGE IF NOT EXISTS {stage}")
-        folder = stage_path(tag.pipeline, tag.partition, tag.run_id)
+        # A folder of this publication's own: one run publishes several tables at once
+        # (predictions and shadow_predictions), and a retried step must not load the files
+        # of an attempt that was killed. The trailing slash keeps names that start alike apart.
+        folder = stage_path(tag.pipeline, tag.partition, tag.run_id, tag.stage, uuid.uuid4().hex)
         local = Path(tempfile.mkdtemp(prefix="bi-publish-"))
         try:
             for uri in files:
                 source = object_store.open_path(uri)
                 source.fs.get_file(source.path, str(local / source.name))
-            # Only this run's folder: the trailing slash keeps run ids that merely start alike.
             session.owe(
                 "files", f"REMOVE @{stage}/{folder}/", f"the staged files @{stage}/{folder}/"
             )
@@ -440,8 +442,8 @@ class SnowflakeWarehouse(Warehouse):
                 f"PUT 'file://{local}/*.parquet' @{stage}/{folder}/ "
                 "AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
             )
-            # The folder is this run's own, so it holds exactly these files; PURGE deletes them
-            # once loaded (the scored files in the object store stay the source of truth).
+            # The folder holds exactly these files; PURGE deletes them once loaded (the scored
+            # files in the object store stay the source of truth).
             session.execute(copy_into_sql(stage_table, stage, folder, None, purge=True))
             session.settle("files")
         finally:

@@ -20,6 +20,7 @@ from batch_inference_assets.io.warehouse import (
     Warehouse,
     WarehouseError,
 )
+from tests.servers import snowflake_warehouse_on
 
 DAY, OTHER_DAY = date(2026, 10, 15), date(2026, 10, 14)
 CONTRACT = Contract.of([
@@ -164,3 +165,28 @@ def test_a_missing_file_fails_staging_and_publishes_nothing(
     ):
         pytest.fail("staging should have failed")
     assert _rows(warehouse) == published
+
+
+@pytest.mark.parametrize("folder", ["churn/2026-10-15/run-1", "churn/2026-10-15/run-1/predictions"])
+def test_snowflake_loads_only_this_publications_files_from_its_stage(
+    snowflake_server: dict[str, Any], store: LocalObjectStore, tmp_path: Path, folder: str
+) -> None:
+    """Files already in the run's stage folder (another table the same run is publishing right
+    now, or a killed attempt of this step) are not loaded with this publication's."""
+    warehouse = snowflake_warehouse_on(snowflake_server)
+    stray = tmp_path / "challenger_00000.parquet"
+    Path(_files(store, [100, 101], [0.4, 0.6], DAY)[0]).rename(stray)
+    with warehouse.connect() as con:
+        cur = con.cursor()
+        cur.execute(
+            f"CREATE STAGE IF NOT EXISTS {warehouse.output_schema}.{warehouse.publish_stage}"
+        )
+        cur.execute(
+            f"PUT 'file://{stray}' @{warehouse.output_schema}.{warehouse.publish_stage}/{folder}/ "
+            "AUTO_COMPRESS = FALSE"
+        )
+    files = _files(store, [1, 2, 3], [0.1, 0.2, 0.3], DAY)
+    with warehouse.stage_publication(_request(files), store) as staged:
+        assert staged.stats.rows == 3
+        staged.commit()
+    assert [row[0] for row in _rows(warehouse)] == [1, 2, 3]
