@@ -322,7 +322,7 @@ def test_put_mode_leaves_no_files_of_the_run_in_the_stage(
     assert _stage_files(direct, "run-0") == [f"churn/{DAY.isoformat()}/run-0/shard_00000.parquet"]
 
 
-def test_a_failed_load_removes_only_the_runs_folder(
+def test_a_failed_load_removes_only_its_own_stage_folder(
     snowflake_server: dict[str, Any],
     database: str,
     store: LocalObjectStore,
@@ -338,7 +338,12 @@ def test_a_failed_load_removes_only_the_runs_folder(
     ):
         pytest.fail("staging should have failed")
     removes = [s for s in proxy.statements if s.split()[0] in ("REMOVE", "RM")]
-    assert removes == [f"REMOVE @PREDICTIONS_DEV.BATCH_INFERENCE_STAGE/churn/{DAY}/{RUN}/"]
+    assert len(removes) == 1
+    stage = "@PREDICTIONS_DEV\\.BATCH_INFERENCE_STAGE"
+    own = rf"REMOVE {stage}/churn/{DAY}/{RUN}/predictions/[0-9a-f]{{32}}/"
+    assert re.fullmatch(own, removes[0]), removes[0]
+    put = next(s for s in proxy.statements if s.startswith("PUT "))
+    assert put.split()[2] == removes[0].split()[1], "it removes the folder it put the files in"
     # The files first (nobody else removes them), then the staging table.
     after = proxy.statements[proxy.statements.index(removes[0]) :]
     assert [s.split()[0] for s in after[:2]] == ["REMOVE", "DROP"]
