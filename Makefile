@@ -67,7 +67,7 @@ system-deps:
 	fi
 
 test: lint typecheck system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist worksteal
 
 unit: venv
 	$(BIN)/pytest tests/unit

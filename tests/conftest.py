@@ -176,10 +176,17 @@ _EXIT_STATUS: list[int] = []
 SESSION_MARK = "BI_TEST_SESSION"
 
 
+def _xdist_worker() -> bool:
+    """Inside a pytest-xdist worker (`make test` runs two): the controller, which starts the
+    workers with its environment and outlives them, owns the mark and the leftover check."""
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     import uuid
 
-    os.environ[SESSION_MARK] = uuid.uuid4().hex
+    if not _xdist_worker():
+        os.environ[SESSION_MARK] = uuid.uuid4().hex
 
 
 def _leftovers() -> list[Any]:
@@ -196,10 +203,13 @@ def _leftovers() -> list[Any]:
     return found
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has stopped its workers
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No process a test started may outlive the suite: wait a little, then fail and stop them."""
     import time
 
+    if _xdist_worker():  # the other worker's tests may still be running
+        return
     deadline = time.monotonic() + 15
     while (left := _leftovers()) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -216,10 +226,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # DuckDB 2.0 keeps module-level type constants (_duckdb._sqltypes) alive into interpreter
     # teardown, where nanobind prints a benign "leaked instances" report under pytest's summary
     # line. Nothing of ours leaks (checked with gc); end the process once pytest is done instead.
-    if _EXIT_STATUS and not config.option.collectonly:
-        import os
-        import sys
+    # A pytest-xdist worker must exit normally (its controller waits for its channel to close):
+    # it has sent its results by now, so its report goes nowhere instead (at exit, once pytest
+    # has given the captured stderr back).
+    if _xdist_worker():
+        import atexit
 
+        atexit.register(lambda: os.dup2(os.open(os.devnull, os.O_WRONLY), 2))
+    elif _EXIT_STATUS and not config.option.collectonly:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])
