@@ -28,6 +28,15 @@ SYSTEM_OUTPUT_COLUMNS: dict[str, ColumnType] = {
 ModelKind = Literal["lightgbm_binary", "lightgbm_multiclass", "lightgbm_regression", "python"]
 PROB_PREFIX = "prob_"
 # The label column's type by kind; regression has none, a python model declares its own.
+# The model kinds whose realized performance has the metric each labels threshold bounds.
+LABEL_THRESHOLD_KINDS: dict[str, tuple[str, ...]] = {
+    "min_auc": ("lightgbm_binary",),
+    "max_log_loss": ("lightgbm_binary",),
+    "max_calibration_error": ("lightgbm_binary",),
+    "min_accuracy": ("lightgbm_multiclass",),
+    "max_rmse": ("lightgbm_regression", "python"),
+    "max_mae": ("lightgbm_regression", "python"),
+}
 LABEL_TYPES: dict[str, ColumnType] = {
     "lightgbm_binary": "int64",
     "lightgbm_multiclass": "string",
@@ -753,6 +762,19 @@ class PipelineSpec(_Strict):
                     "runs score the candidate in the shadow",
                 )
             )
+        for name, kinds in LABEL_THRESHOLD_KINDS.items():
+            if (
+                self.labels
+                and getattr(self.labels, name) is not None
+                and self.model.kind not in kinds
+            ):
+                errors.append(
+                    _at(
+                        ("labels", name),
+                        f"{self.model.kind} models have no {name[4:]} to bound "
+                        f"({name} is for {' or '.join(kinds)} models)",
+                    )
+                )
         if self.challengers and self.output.mode != "replace_partition":
             errors.append(
                 _at(("challengers",), "need output.mode replace_partition (every row, each day)")

@@ -309,3 +309,12 @@ def test_published_days(warehouse: DuckDBWarehouse) -> None:
     _publish(warehouse, "preds", np.array([0.1]))
     _publish(warehouse, "preds", np.array([0.1]), day=DAY + timedelta(days=2))
     assert performance.published_days(spec, warehouse, DAY - timedelta(days=3), DAY) == {DAY}
+
+
+def test_the_spec_knows_the_kinds_of_every_threshold() -> None:
+    """The spec refuses a threshold for a kind whose realized performance lacks its metric;
+    its table covers every threshold that LabelsSpec has and the check compares."""
+    from batch_inference_assets.spec import LABEL_THRESHOLD_KINDS
+
+    bounds = {f for f in LabelsSpec.model_fields if f[:4] in ("min_", "max_")} - {"min_rows"}
+    assert set(LABEL_THRESHOLD_KINDS) == {name for name, _, _ in performance.THRESHOLDS} == bounds

@@ -157,3 +157,24 @@ def test_declared_passthrough_columns_and_sinks_load(tmp_path: Path, raw_churn: 
     assert "tenure" in spec.output_contract.names
     assert "tenure" not in spec.model_output_columns
     assert [s.kind for s in spec.sinks] == ["redis", "kafka"]
+
+
+@pytest.mark.parametrize("threshold", ["max_rmse", "min_accuracy"])
+def test_a_labels_threshold_the_models_kind_is_not_measured_by_fails_at_load(
+    tmp_path: Path, raw_churn: dict, threshold: str
+) -> None:
+    """A binary model's realized performance has no RMSE or accuracy: such a bound could only
+    ever read "n/a", weeks later, once the labels land."""
+    raw_churn["labels"][threshold] = 0.5
+    path = _write(tmp_path, raw_churn)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+    assert f"labels.{threshold}" in str(err.value)
+    assert f"lightgbm_binary models have no {threshold[4:]} to bound" in str(err.value)
+
+
+def test_the_labels_thresholds_of_the_models_kind_load(tmp_path: Path, raw_churn: dict) -> None:
+    raw_churn["labels"].update(min_auc=0.7, max_log_loss=0.5, max_calibration_error=0.1)
+    labels = load_spec(_write(tmp_path, raw_churn)).labels
+    assert labels is not None and (labels.min_auc, labels.max_log_loss) == (0.7, 0.5)
