@@ -27,16 +27,30 @@ SYSTEM_OUTPUT_COLUMNS: dict[str, ColumnType] = {
 }
 ModelKind = Literal["lightgbm_binary", "lightgbm_multiclass", "lightgbm_regression", "python"]
 PROB_PREFIX = "prob_"
-# The label column's type by kind; regression has none, a python model declares its own.
-# The model kinds whose realized performance has the metric each labels threshold bounds.
-LABEL_THRESHOLD_KINDS: dict[str, tuple[str, ...]] = {
-    "min_auc": ("lightgbm_binary",),
-    "max_log_loss": ("lightgbm_binary",),
-    "max_calibration_error": ("lightgbm_binary",),
-    "min_accuracy": ("lightgbm_multiclass",),
-    "max_rmse": ("lightgbm_regression", "python"),
-    "max_mae": ("lightgbm_regression", "python"),
+# The metrics a model's realized performance has: a python predict_fn's score is measured as
+# a regression.
+MetricKind = Literal["binary", "multiclass", "regression"]
+
+
+def metric_kind(model_kind: str) -> MetricKind:
+    if model_kind == "lightgbm_binary":
+        return "binary"
+    if model_kind == "lightgbm_multiclass":
+        return "multiclass"
+    return "regression"
+
+
+# Each labels threshold: (the metric it bounds, the kind that has that metric, True when the
+# metric must be at least the bound).
+LABEL_THRESHOLDS: dict[str, tuple[str, MetricKind, bool]] = {
+    "min_auc": ("auc", "binary", True),
+    "max_log_loss": ("log_loss", "binary", False),
+    "max_calibration_error": ("calibration_error", "binary", False),
+    "min_accuracy": ("accuracy", "multiclass", True),
+    "max_rmse": ("rmse", "regression", False),
+    "max_mae": ("mae", "regression", False),
 }
+# The label column's type by kind; regression has none, a python model declares its own.
 LABEL_TYPES: dict[str, ColumnType] = {
     "lightgbm_binary": "int64",
     "lightgbm_multiclass": "string",
@@ -762,17 +776,14 @@ class PipelineSpec(_Strict):
                     "runs score the candidate in the shadow",
                 )
             )
-        for name, kinds in LABEL_THRESHOLD_KINDS.items():
-            if (
-                self.labels
-                and getattr(self.labels, name) is not None
-                and self.model.kind not in kinds
-            ):
+        measured = metric_kind(self.model.kind)
+        for name, (metric, kind, _) in LABEL_THRESHOLDS.items():
+            if self.labels and getattr(self.labels, name) is not None and kind != measured:
                 errors.append(
                     _at(
                         ("labels", name),
-                        f"{self.model.kind} models have no {name[4:]} to bound "
-                        f"({name} is for {' or '.join(kinds)} models)",
+                        f"{self.model.kind} models have no {metric} to bound "
+                        f"({name} is for {kind} models)",
                     )
                 )
         if self.challengers and self.output.mode != "replace_partition":

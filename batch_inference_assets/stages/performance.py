@@ -11,20 +11,22 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any
 
 from batch_inference_assets.contracts import sql_identifier
 from batch_inference_assets.io.warehouse import Warehouse
 from batch_inference_assets.spec import (
     LABEL_COLUMN,
+    LABEL_THRESHOLDS,
     PARTITION_COLUMN,
     SCORE_COLUMN,
     LabelsSpec,
+    MetricKind,
     PipelineSpec,
+    metric_kind,
 )
 from batch_inference_assets.sql import SqlTemplate, partition_values
 
-MetricKind = Literal["binary", "multiclass", "regression"]
 BINS = 10  # the reliability table's equal-width score bins
 EPS = 1e-15  # log loss clips probabilities to [EPS, 1 - EPS]
 ALL = "*"  # the segment value of the overall row
@@ -37,27 +39,13 @@ MAIN_METRIC: dict[MetricKind, str] = {
     "regression": "rmse",
 }
 # (threshold field of LabelsSpec, metric, True when the metric must be at least the bound)
-THRESHOLDS = (
-    ("min_auc", "auc", True),
-    ("max_log_loss", "log_loss", False),
-    ("max_calibration_error", "calibration_error", False),
-    ("min_accuracy", "accuracy", True),
-    ("max_rmse", "rmse", False),
-    ("max_mae", "mae", False),
+THRESHOLDS = tuple(
+    (name, metric, at_least) for name, (metric, _, at_least) in LABEL_THRESHOLDS.items()
 )
 
 
 class LabelsNotLanded(ValueError):
     pass
-
-
-def metric_kind(model_kind: str) -> MetricKind:
-    """Which metrics fit the model: a python predict_fn's score is measured as a regression."""
-    if model_kind == "lightgbm_binary":
-        return "binary"
-    if model_kind == "lightgbm_multiclass":
-        return "multiclass"
-    return "regression"
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ def test_published_days(warehouse: DuckDBWarehouse) -> None:
 def test_the_spec_knows_the_kinds_of_every_threshold() -> None:
     """The spec refuses a threshold for a kind whose realized performance lacks its metric;
     its table covers every threshold that LabelsSpec has and the check compares."""
-    from batch_inference_assets.spec import LABEL_THRESHOLD_KINDS
+    from batch_inference_assets.spec import LABEL_THRESHOLDS
 
     bounds = {f for f in LabelsSpec.model_fields if f[:4] in ("min_", "max_")} - {"min_rows"}
-    assert set(LABEL_THRESHOLD_KINDS) == {name for name, _, _ in performance.THRESHOLDS} == bounds
+    assert set(LABEL_THRESHOLDS) == {name for name, _, _ in performance.THRESHOLDS} == bounds
